@@ -1,0 +1,199 @@
+"""The `streamvlm` command line: stream a bag or a video through the pipeline.
+
+    streamvlm replay BAG [--topic T] [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
+    streamvlm video FILE [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
+
+A question given with --at S is asked once every frame up to S seconds of stream time
+(since the first frame) has been taken in; one without --at is asked at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamvlm import config as config_mod
+
+log = logging.getLogger("streamvlm")
+
+
+@dataclass
+class Question:
+    text: str
+    at_s: float  # stream time; inf = at the end
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="streamvlm: %(message)s", stream=sys.stderr)
+    try:
+        return args.run(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"streamvlm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamvlm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    replay = commands.add_parser("replay", help="stream a ROS 2 bag (.mcap, .db3 or its folder)")
+    replay.add_argument("bag", type=Path)
+    replay.add_argument("--topic", help="image topic (needed when the bag has several)")
+    video = commands.add_parser("video", help="stream a video file")
+    video.add_argument("video", type=Path)
+    for sub in (replay, video):
+        _add_stream_options(sub)
+    replay.set_defaults(run=_run_replay)
+    video.set_defaults(run=_run_video)
+    return parser
+
+
+def _add_stream_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--ask", action="append", default=[], metavar="QUESTION", help="a question (repeatable)")
+    sub.add_argument("--at", action="append", default=[], type=float, metavar="SECONDS",
+                     help="stream time of the preceding --ask (repeatable, in order)")
+    sub.add_argument("--model", help=f"HF id, local directory or 'tiny' (default {config_mod.DEFAULT_MODEL})")
+    sub.add_argument("--config", type=Path, help="ROS 2 parameter file (e.g. config/streamvlm.yaml)")
+    sub.add_argument("--fps", type=float, help="frames per second taken from the stream")
+    sub.add_argument("--max-new-tokens", type=int, help="answer length limit")
+    sub.add_argument("--out", type=Path, help="write captions and answers into this MCAP bag")
+    sub.add_argument("--realtime", action="store_true",
+                     help="pace at the recorded rate; frames that arrive while busy are dropped, as from a camera")
+    sub.add_argument("--json", action="store_true", help="one JSON object per caption or answer")
+
+
+def _run_replay(args) -> int:
+    from streamvlm.bag import BagFrames
+
+    return _stream(args, BagFrames(args.bag, args.topic))
+
+
+def _run_video(args) -> int:
+    from streamvlm.video import VideoFrames
+
+    return _stream(args, VideoFrames(args.video))
+
+
+def _config(args) -> config_mod.PipelineConfig:
+    cfg = config_mod.load(args.config) if args.config else config_mod.PipelineConfig()
+    overrides: dict[str, dict] = {}
+    if args.model:
+        overrides.setdefault("model", {})["name"] = args.model
+    if args.fps is not None:
+        overrides.setdefault("vision", {})["fps"] = args.fps
+    if args.max_new_tokens is not None:
+        overrides.setdefault("language", {})["max_new_tokens"] = args.max_new_tokens
+    return cfg.replace(**overrides)
+
+
+def _questions(args) -> list[Question]:
+    if len(args.at) > len(args.ask):
+        raise ValueError("every --at needs a --ask before it")
+    times = args.at + [float("inf")] * (len(args.ask) - len(args.at))
+    return sorted((Question(q, t) for q, t in zip(args.ask, times)), key=lambda q: q.at_s)
+
+
+def _stream(args, frames) -> int:
+    from streamvlm.pipeline import StreamingVLM
+
+    questions = _questions(args)
+    vlm = StreamingVLM.from_config(_config(args))
+    report = _Reporter(args.json, args.out)
+    origin_ns = None
+    late = 0
+    wall_start = time.monotonic()
+    try:
+        for frame in _progress(frames):
+            origin_ns = frame.stamp_ns if origin_ns is None else origin_ns
+            stream_s = (frame.stamp_ns - origin_ns) / 1e9
+            while questions and questions[0].at_s < stream_s:
+                report.answer(vlm.ask(questions.pop(0).text), origin_ns)
+            if args.realtime and _behind(wall_start, stream_s):
+                late += 1
+                continue
+            caption = vlm.push(frame.rgb, frame.stamp_ns)
+            if caption is not None:
+                report.caption(caption, origin_ns)
+        for question in questions:
+            report.answer(vlm.ask(question.text), origin_ns or 0)
+    finally:
+        report.close()
+    if frames.dropped or late:
+        log.info("dropped %d undecodable and %d late frames", frames.dropped, late)
+    return 0
+
+
+def _behind(wall_start: float, stream_s: float) -> bool:
+    """Pace to the recorded rate; True when this frame's time has already passed."""
+    lag = time.monotonic() - wall_start - stream_s
+    if lag < 0:
+        time.sleep(-lag)
+    return lag > 0.05
+
+
+def _progress(frames):
+    if not sys.stderr.isatty():
+        return frames
+    from tqdm import tqdm
+
+    return tqdm(frames, total=len(frames), unit="frame", leave=False, file=sys.stderr)
+
+
+class _Reporter:
+    """Prints captions and answers (text or JSON lines) and optionally records them in a bag."""
+
+    def __init__(self, as_json: bool, out: Path | None):
+        self.as_json = as_json
+        self.bag = None
+        if out is not None:
+            from streamvlm.bag import BagWriter
+
+            self.bag = BagWriter(out, "mcap")
+
+    def caption(self, caption, origin_ns: int) -> None:
+        stamp = (caption.stamp_ns - origin_ns) / 1e9
+        self._emit({"type": "caption", "stamp": round(stamp, 3), "text": caption.text,
+                    "latency_ms": round(caption.latency_ms, 1)},
+                   f"[{stamp:8.2f}s] caption: {caption.text}")
+        if self.bag:
+            self.bag.write_caption("/captions", caption)
+
+    def answer(self, answer, origin_ns: int) -> None:
+        stamp = (answer.stamp_ns - origin_ns) / 1e9 if answer.stamp_ns else 0.0
+        record = {"type": "answer", "stamp": round(stamp, 3), "question": answer.question,
+                  "text": answer.text, "latency_ms": round(answer.latency_ms, 1)}
+        if not answer.success:
+            record["error"] = answer.error
+        line = f"[{stamp:8.2f}s] Q: {answer.question}\n{'':11}A: {answer.text or '(' + answer.error + ')'}"
+        self._emit(record, line)
+        if self.bag:
+            self.bag.write_answer("/answers", answer)
+
+    def _emit(self, record: dict, line: str) -> None:
+        print(json.dumps(record) if self.as_json else line, flush=True)
+
+    def close(self) -> None:
+        if self.bag:
+            self.bag.close()
+
+
+def _quiet_libraries() -> None:
+    # Weight-loading progress bars and hub warnings would bury the captions.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Configuration: one frozen dataclass per stage, nested in `PipelineConfig`.
+
+The YAML files under `config/` are ROS 2 parameter files
+(`node_name: {ros__parameters: {...}}`); the CLI reads the same files, so a setting means
+the same thing in `ros2 launch` and in `streamvlm replay`. Parameter names are flat in
+ROS (`vision.fps` is the `fps` field of `VisionConfig`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which weights to load and how to run them."""
+
+    name: str = field(default=DEFAULT_MODEL, metadata={"help": "HF model id, local directory, or 'tiny'"})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
+    device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:1..."})
+    fallback_to_tiny: bool = field(
+        default=True, metadata={"help": "use the tiny random model when `name` cannot be loaded"}
+    )
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Frame sampling and the vision encoder."""
+
+    fps: float = field(default=1.0, metadata={"help": "frames per second sampled from the camera (0: every frame)"})
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """The language model's context and what it says."""
+
+    max_new_tokens: int = field(default=64, metadata={"help": "default answer length limit"})
+    caption_interval_s: float = field(
+        default=5.0, metadata={"help": "seconds of stream between captions (0: no captions)"}
+    )
+    caption_prompt: str = field(
+        default="Describe what is happening in one short sentence.",
+        metadata={"help": "question asked to make each caption"},
+    )
+    caption_max_new_tokens: int = field(default=24, metadata={"help": "caption length limit"})
+    max_question_chars: int = field(default=2000, metadata={"help": "longer questions are refused"})
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    model: ModelConfig = ModelConfig()
+    vision: VisionConfig = VisionConfig()
+    language: LanguageConfig = LanguageConfig()
+
+    def replace(self, **sections: Mapping[str, Any]) -> "PipelineConfig":
+        """A copy with some fields of some sections changed: `cfg.replace(model={"name": "tiny"})`."""
+        changed = {}
+        for name, values in sections.items():
+            section = getattr(self, name)
+            changed[name] = dataclasses.replace(section, **_checked(section, values))
+        return dataclasses.replace(self, **changed)
+
+
+def _checked(section: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    known = {f.name: f for f in dataclasses.fields(section)}
+    out = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"unknown setting {type(section).__name__}.{key}; known: {sorted(known)}")
+        default = getattr(section, key)
+        # YAML writes 1 for 1.0; accept ints for floats but nothing else that changes type.
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ValueError(
+                f"{type(section).__name__}.{key} must be {type(default).__name__}, got {value!r}"
+            )
+        out[key] = value
+    return out
+
+
+def from_flat(params: Mapping[str, Any], base: PipelineConfig | None = None) -> PipelineConfig:
+    """Build a config from flat ROS-style names (`model.name`, `vision.fps`, ...)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in params.items():
+        section, _, name = key.partition(".")
+        if not name or section not in {f.name for f in dataclasses.fields(PipelineConfig)}:
+            raise ValueError(f"unknown parameter {key!r}: expected <section>.<name>")
+        sections.setdefault(section, {})[name] = value
+    return (base or PipelineConfig()).replace(**sections)
+
+
+def to_flat(cfg: PipelineConfig) -> dict[str, Any]:
+    """Flat ROS-style names and values, with their help texts, for declaring parameters."""
+    flat = {}
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            flat[f"{section.name}.{f.name}"] = getattr(getattr(cfg, section.name), f.name)
+    return flat
+
+
+def load(path: str | Path, node: str | None = None) -> PipelineConfig:
+    """Read a ROS 2 parameter file. All nodes' parameters are merged unless `node` is given."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    params: dict[str, Any] = {}
+    for name, body in data.items():
+        if node is not None and name.strip("/") not in (node, "**"):
+            continue
+        params.update((body or {}).get("ros__parameters", {}))
+    return from_flat(_flatten(params))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    # ROS parameter files may nest (`vision: {fps: 2}`) or use dotted names; both mean the same.
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,85 @@
+"""Loading vision-language models by HF id, local directory, or `tiny`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from streamvlm.config import ModelConfig
+from streamvlm.models.base import VisionLanguageModel, VisionTower
+from streamvlm.models.prompt import PromptFormat
+from streamvlm.models.tiny import ensure_tiny
+
+__all__ = ["ModelUnavailable", "PromptFormat", "VisionLanguageModel", "VisionTower", "load_model", "resolve"]
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Files a vision-language checkpoint needs; skips other formats (e.g. .bin next to .safetensors).
+_WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"]
+
+
+class ModelUnavailable(RuntimeError):
+    """The named model cannot be found locally nor downloaded."""
+
+
+def _adapters():
+    # Imported here so that loading one family never imports the others' code.
+    from streamvlm.models.llava_onevision import LlavaOnevisionAdapter
+
+    return {"llava_onevision": LlavaOnevisionAdapter}
+
+
+def resolve(name: str) -> Path:
+    """A local directory holding the model `name`: 'tiny', a directory, or a HF id."""
+    if name == "tiny":
+        return ensure_tiny()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or name.startswith("."):
+        raise ModelUnavailable(f"model directory {name} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=_WEIGHT_PATTERNS, local_files_only=True))
+    except Exception:
+        pass  # not cached: download below
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ModelUnavailable(f"{name} is not in the local HF cache and HF_HUB_OFFLINE is set")
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as err:
+        # Checked first because the hub client retries for about 30 s before giving up.
+        raise ModelUnavailable(f"{name} is not cached and {host} is unreachable ({err})") from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=_WEIGHT_PATTERNS))
+    except Exception as err:
+        raise ModelUnavailable(f"could not download {name}: {err}") from None
+
+
+def load_model(cfg: ModelConfig) -> VisionLanguageModel:
+    """Load `cfg.name`; when that fails and `cfg.fallback_to_tiny` is set, say so once and load tiny."""
+    try:
+        model_dir = resolve(cfg.name)
+        name = cfg.name
+    except ModelUnavailable as err:
+        if not cfg.fallback_to_tiny or cfg.name == "tiny":
+            raise
+        log.warning("model %s unavailable (%s); using the tiny random model instead", cfg.name, err)
+        model_dir, name = ensure_tiny(), "tiny"
+    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    adapters = _adapters()
+    if model_type not in adapters:
+        raise ModelUnavailable(f"{name}: model type {model_type!r} is not supported; known: {sorted(adapters)}")
+    if cfg.dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+    return adapters[model_type](model_dir, name, _DTYPES[cfg.dtype], torch.device(cfg.device))

@@ -1,0 +1,78 @@
+"""What the stages need from a vision-language model, independent of its family.
+
+One adapter per family (LLaVA-OneVision now; Qwen2-VL and SmolVLM later) turns a
+transformers model into these pieces, so the stages never touch family-specific code.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from streamvlm.models.prompt import PromptFormat
+
+
+@dataclass(frozen=True)
+class VisionTower:
+    """A ViT split so that later stages (delta cache, backends) can run parts of it.
+
+    hidden_states[0] = embed(pixels); hidden_states[i] = layers[i-1](hidden_states[i-1]);
+    the frame's features are `hidden_states[feature_layers]`, concatenated on channels.
+    """
+
+    embed: nn.Module  # pixels [B, 3, H, W] -> [B, P, C]
+    layers: tuple[nn.Module, ...]  # each [B, P, C] -> [B, P, C], called as layer(x, None)
+    feature_layers: tuple[int, ...]  # non-negative indices into hidden_states
+    patch_grid: tuple[int, int]  # (rows, cols) of patches, P = rows * cols
+
+
+class VisionLanguageModel(ABC):
+    """The pieces of one loaded model, in the order a frame and a question flow through them."""
+
+    name: str
+    dtype: torch.dtype
+    device: torch.device
+    tower: VisionTower
+    tokenizer: object  # a transformers tokenizer
+    prompt: PromptFormat
+    hf_model: nn.Module  # the whole transformers model, used as the reference in tests
+
+    @abstractmethod
+    def preprocess(self, frame_rgb: np.ndarray) -> torch.Tensor:
+        """uint8 RGB [H, W, 3] -> normalized pixels [1, 3, S, S] on the model's device and dtype."""
+
+    @abstractmethod
+    def project(self, features: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """ViT features [B, P, C] -> LLM tokens [B, N, D] (projector + pooling) and their grid."""
+
+    @property
+    @abstractmethod
+    def frames_end_embedding(self) -> torch.Tensor | None:
+        """Embedding [D] that closes a run of video frames (LLaVA-OneVision's newline), or None."""
+
+    @property
+    @abstractmethod
+    def decoder(self) -> nn.Module:
+        """The LLM without its head: inputs_embeds [B, T, D] -> hidden states, with a KV cache."""
+
+    @property
+    @abstractmethod
+    def lm_head(self) -> nn.Module:
+        """Hidden states [B, T, D] -> logits [B, T, V]."""
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, T] -> embeddings [B, T, D]."""
+        return self.decoder.get_input_embeddings()(token_ids.to(self.device))
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        """Text -> token ids [1, T] (no special tokens added; the prompt format holds them)."""
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return ids.to(self.device)
+
+    @property
+    def stop_token_ids(self) -> frozenset[int]:
+        return self.prompt.stop_token_ids

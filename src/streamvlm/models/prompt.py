@@ -1,0 +1,52 @@
+"""The text around the frames and questions, derived once from the model's chat template.
+
+A stream is one long chat: the user turn holds the frames seen so far, the question
+closes the turn, the assistant answers, and the next frames open a new user turn.
+Rendering the template with placeholders and cutting it at them gives the pieces, so the
+streamed token sequence is exactly the one the model's own processor would build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_QUESTION = "\x00QUESTION\x00"
+_ANSWER = "\x00ANSWER\x00"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    stream_prefix: str  # before the first frame: system prompt, "<|im_start|>user "...
+    question_prefix: str  # after the frames, before the question text
+    question_suffix: str  # after the question: end of turn, assistant header
+    turn_separator: str  # after an answer, before the next frames
+    stop_token_ids: frozenset[int]
+
+    @classmethod
+    def from_chat_template(cls, tokenizer, video_token: str, stop_tokens: tuple[str, ...]) -> "PromptFormat":
+        def render(messages, generation_prompt: bool) -> str:
+            return tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
+
+        def user(text: str) -> dict:
+            return {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]}
+
+        def assistant(text: str) -> dict:
+            return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+        one_turn = render([user(_QUESTION)], True)
+        prefix, video, rest = one_turn.partition(video_token)
+        if not video or rest.count(_QUESTION) != 1:
+            raise ValueError(f"chat template does not place {video_token!r} before the question")
+        question_prefix, _, question_suffix = rest.partition(_QUESTION)
+
+        two_turns = render([user(_QUESTION), assistant(_ANSWER), user(_QUESTION)], True)
+        after_answer = two_turns.partition(_ANSWER)[2]
+        separator = after_answer.partition(video_token)[0]
+
+        stop_ids = {tokenizer.convert_tokens_to_ids(t) for t in stop_tokens}
+        if tokenizer.eos_token_id is not None:
+            stop_ids.add(tokenizer.eos_token_id)
+        stop_ids.discard(tokenizer.unk_token_id)
+        return cls(prefix, question_prefix, question_suffix, separator, frozenset(stop_ids))

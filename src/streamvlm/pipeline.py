@@ -1,0 +1,35 @@
+"""StreamingVLM: VisionStage + LanguageStage in one object, for scripts and notebooks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamvlm.config import PipelineConfig
+from streamvlm.llm.stage import LanguageStage
+from streamvlm.models import VisionLanguageModel, load_model
+from streamvlm.types import Answer, Caption
+from streamvlm.vision.stage import VisionStage
+
+
+class StreamingVLM:
+    def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel):
+        self.cfg = cfg
+        self.model = model  # loaded once, shared by both stages
+        self.vision = VisionStage(cfg, model)
+        self.language = LanguageStage(cfg, model)
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig | None = None) -> "StreamingVLM":
+        cfg = cfg or PipelineConfig()
+        return cls(cfg, load_model(cfg.model))
+
+    def push(self, frame_rgb: np.ndarray, stamp_ns: int) -> Caption | None:
+        """Feed one camera frame; returns a caption when one is due."""
+        batch = self.vision.process(frame_rgb, stamp_ns)
+        if batch is None:
+            return None
+        self.language.ingest(batch)
+        return self.language.maybe_caption()
+
+    def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
+        return self.language.ask(question, max_new_tokens)

@@ -1,0 +1,46 @@
+"""Data passed between the stages. Plain containers, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class TokenBatch:
+    """Visual tokens of one frame, already in the LLM's embedding space."""
+
+    stamp_ns: int
+    frame_index: int
+    embeddings: torch.Tensor  # [N, D], the LLM's hidden size D
+    positions: torch.Tensor  # [N] int64, row-major index into the token grid
+    grid: tuple[int, int]  # (rows, cols) of the frame's token grid
+    novelty: float = 1.0  # how different from earlier frames (0 = nothing new)
+    reuse_ratio: float = 0.0  # share of ViT work reused from earlier frames
+    model: str = ""  # which model's projector made the embeddings
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    stamp_ns: int  # newest frame in context when answered
+    latency_ms: float
+    evidence_ns: list[int] = field(default_factory=list)  # frames whose KV the answer attended to
+    success: bool = True
+    error: str = ""
+    token_ids: list[int] = field(default_factory=list)  # generated ids, stop token included
+    first_logits: "torch.Tensor | None" = None  # [V] logits of the first answer token (tests, diagnostics)
+
+
+@dataclass
+class Caption:
+    text: str
+    start_ns: int  # oldest frame the caption covers
+    stamp_ns: int  # newest frame the caption covers
+    latency_ms: float

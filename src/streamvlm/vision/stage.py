@@ -1,0 +1,57 @@
+"""VisionStage: camera frame -> visual tokens in the LLM's embedding space."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from streamvlm.config import PipelineConfig
+from streamvlm.models import VisionLanguageModel, load_model
+from streamvlm.types import TokenBatch
+from streamvlm.vision.encoder import VisionEncoder
+from streamvlm.vision.sampler import FrameSampler
+
+
+class VisionStage:
+    def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel):
+        self.cfg = cfg
+        self.model = model
+        self.encoder = VisionEncoder(model.tower)
+        self.sampler = FrameSampler(cfg.vision.fps)
+        self.frames_seen = 0
+        self.frames_processed = 0
+
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig, model: VisionLanguageModel | None = None) -> "VisionStage":
+        return cls(cfg, model if model is not None else load_model(cfg.model))
+
+    def process(self, frame_rgb: np.ndarray, stamp_ns: int) -> TokenBatch | None:
+        """One camera frame -> its tokens, or None when the sampling rate skips it."""
+        _check_frame(frame_rgb)
+        self.frames_seen += 1
+        if not self.sampler.accept(stamp_ns):
+            return None
+        tokens, grid = self.encode(self.model.preprocess(frame_rgb))
+        batch = TokenBatch(
+            stamp_ns=stamp_ns,
+            frame_index=self.frames_processed,
+            embeddings=tokens[0],
+            positions=torch.arange(tokens.shape[1]),
+            grid=grid,
+            model=self.model.name,
+        )
+        self.frames_processed += 1
+        return batch
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalized pixels [B, 3, H, W] -> tokens [B, N, D] and their grid (rows, cols)."""
+        return self.model.project(self.encoder(pixels))
+
+
+def _check_frame(frame: np.ndarray) -> None:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"expected an RGB uint8 frame [H, W, 3], got {desc}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ValueError(f"empty frame {frame.shape}")
