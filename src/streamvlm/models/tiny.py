@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 # Bumped when the tiny model changes, so stale copies in the cache are rebuilt.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 SEED = 0
 
 _SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
@@ -24,7 +24,8 @@ _SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<v
 # ChatML, with the frames of a turn before its text, as LLaVA-OneVision lays out a chat.
 _CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }} "
+    "<|im_start|>{{ message['role'] }}"
+    "{% if message['role'] == 'assistant' %}{{ '\\n' }}{% else %} {% endif %}"
     "{% for item in message['content'] if item['type'] == 'video' %}<video>{% endfor %}"
     "{% for item in message['content'] if item['type'] == 'text' %}"
     "{% if message['role'] == 'user' %}{{ '\\n' }}{% endif %}{{ item['text'] }}"

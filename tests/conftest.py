@@ -1,0 +1,45 @@
+"""Shared fixtures. Every test run is isolated: its own model cache, ROS logs and DDS domain."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_BAG = ROOT / "tests" / "data" / "vtest_20s"
+
+
+def pytest_configure(config):
+    # Set before any test imports rclpy: ROS reads these when a context is created.
+    tmp = Path(os.environ.get("PYTEST_ROS_HOME") or _session_tmp())
+    os.environ.setdefault("ROS_HOME", str(tmp / "ros"))
+    os.environ.setdefault("ROS_LOG_DIR", str(tmp / "ros" / "log"))
+    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(ROOT / "config" / "fastdds_loopback.xml"))
+    os.environ.setdefault("STREAMVLM_HOME", str(tmp / "streamvlm"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
+
+
+def _session_tmp() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="streamvlm-tests-")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from streamvlm.config import ModelConfig
+    from streamvlm.models import load_model
+
+    return load_model(ModelConfig(name="tiny", fallback_to_tiny=False))
+
+
+@pytest.fixture
+def frames():
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(3)]
