@@ -13,7 +13,7 @@ SAMPLE_BAG = ROOT / "tests" / "data" / "vtest_20s"
 
 def pytest_configure(config):
     # Set before any test imports rclpy: ROS reads these when a context is created.
-    tmp = Path(os.environ.get("PYTEST_ROS_HOME") or _session_tmp())
+    tmp = Path(_session_tmp())
     os.environ.setdefault("ROS_HOME", str(tmp / "ros"))
     os.environ.setdefault("ROS_LOG_DIR", str(tmp / "ros" / "log"))
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
@@ -24,9 +24,13 @@ def pytest_configure(config):
 
 
 def _session_tmp() -> str:
+    import atexit
+    import shutil
     import tempfile
 
-    return tempfile.mkdtemp(prefix="streamvlm-tests-")
+    path = tempfile.mkdtemp(prefix="streamvlm-tests-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @pytest.fixture(scope="session")
