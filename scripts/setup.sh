@@ -47,7 +47,14 @@ elif has_cuda; then
   pip_install "torch==$TORCH_VERSION"
 else
   say "installing torch $TORCH_VERSION (CPU build)"
-  pip_install "torch==$TORCH_VERSION" --extra-index-url "$TORCH_CPU_INDEX"
+  # pip retries an unreachable index for every package it resolves (minutes): check first.
+  index_host=$("$PY" -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).hostname)' "$TORCH_CPU_INDEX")
+  if "$PY" -c 'import socket, sys; socket.getaddrinfo(sys.argv[1], 443)' "$index_host" 2>/dev/null; then
+    pip_install "torch==$TORCH_VERSION" --extra-index-url "$TORCH_CPU_INDEX"
+  else
+    say "$index_host unreachable: torch $TORCH_VERSION from the configured package indexes"
+    pip_install "torch==$TORCH_VERSION"
+  fi
 fi
 
 system_ros=0

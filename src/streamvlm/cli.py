@@ -128,8 +128,9 @@ def _stream(args, frames) -> int:
             report.answer(vlm.ask(question.text), origin_ns or 0)
     finally:
         report.close()
-    if frames.dropped or late:
-        log.info("dropped %d undecodable and %d late frames", frames.dropped, late)
+    if frames.dropped or late or vlm.dropped_stale:
+        log.info("dropped frames: %d undecodable, %d late, %d out of time order",
+                 frames.dropped, late, vlm.dropped_stale)
     return 0
 
 
