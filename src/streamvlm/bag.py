@@ -8,7 +8,6 @@ would produce, so the bags open in Foxglove and replay onto live topics.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +18,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from streamvlm.image import ImageError, decode_compressed, decode_raw, encode_compressed, encode_raw
-from streamvlm.types import Answer, Caption
+from streamvlm.types import Answer, Caption, Frame
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +37,6 @@ def typestore():
     for msgtype, filename in _OWN_TYPES.items():
         store.register(get_types_from_msg((folder / filename).read_text(), msgtype))
     return store
-
-
-@dataclass
-class Frame:
-    stamp_ns: int  # camera time (header stamp; the bag's receive time where the header has none)
-    log_ns: int  # when the bag recorded it
-    rgb: np.ndarray  # [H, W, 3] uint8
 
 
 class BagFrames:

@@ -33,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="streamvlm: %(message)s", stream=sys.stderr)
+    from streamvlm.models import ModelUnavailable
+
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ModelUnavailable) as err:
         print(f"streamvlm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

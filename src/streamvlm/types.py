@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+
+@dataclass
+class Frame:
+    """A decoded camera frame from a bag or a video file."""
+
+    stamp_ns: int  # camera time (header stamp; the recording time where the header has none)
+    log_ns: int  # when it was recorded
+    rgb: np.ndarray  # [H, W, 3] uint8
 
 
 @dataclass

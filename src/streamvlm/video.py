@@ -7,7 +7,7 @@ from typing import Iterator
 
 import cv2
 
-from streamvlm.bag import Frame
+from streamvlm.types import Frame
 
 
 class VideoFrames:

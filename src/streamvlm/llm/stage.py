@@ -64,10 +64,8 @@ class LanguageStage:
         ids = [t for t in generation.token_ids if t not in self.model.stop_token_ids]
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
         latency = (time.perf_counter() - start) * 1e3
-        answer = Answer(question, text, self.newest_stamp_ns, latency, list(self.frame_stamps))
-        answer.token_ids = generation.token_ids
-        answer.first_logits = generation.first_logits
-        return answer
+        return Answer(question, text, self.newest_stamp_ns, latency, list(self.frame_stamps),
+                      token_ids=generation.token_ids, first_logits=generation.first_logits)
 
     def maybe_caption(self) -> Caption | None:
         """A caption when `caption_interval_s` of stream has passed since the last one."""
