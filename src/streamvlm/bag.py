@@ -7,6 +7,7 @@ would produce, so the bags open in Foxglove and replay onto live topics.
 
 from __future__ import annotations
 
+import functools
 import logging
 from importlib import resources
 from pathlib import Path
@@ -30,8 +31,12 @@ VISION_TOKENS = "streamvlm_msgs/msg/VisionTokens"
 _OWN_TYPES = {VISION_TOKENS: "VisionTokens.msg", CAPTION: "Caption.msg", ANSWER: "Answer.msg"}
 
 
+@functools.cache
 def typestore():
-    """ROS 2 message types plus streamvlm_msgs, read from the package's own .msg files."""
+    """ROS 2 message types plus streamvlm_msgs, read from the package's own .msg files.
+
+    Built once per process; nothing registers types into it afterwards.
+    """
     store = get_typestore(Stores.ROS2_HUMBLE)  # Humble's definitions are the oldest we support
     folder = resources.files("streamvlm") / "interfaces"
     for msgtype, filename in _OWN_TYPES.items():
