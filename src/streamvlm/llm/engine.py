@@ -33,8 +33,12 @@ class FullAttentionEngine:
         self.length = 0
 
     @torch.inference_mode()
-    def prefill(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Append embeddings [T, D] to the context; returns the last position's logits [V]."""
+    def prefill(self, embeds: torch.Tensor, logits: bool = True) -> torch.Tensor | None:
+        """Append embeddings [T, D] to the context; returns the last position's logits [V].
+
+        With `logits=False` (frames, turn separators) the LM head is skipped: a hidden x
+        vocabulary matmul per call that nothing reads.
+        """
         embeds = embeds.to(self.model.device, self.model.dtype)[None]  # [1, T, D]
         steps = embeds.shape[1]
         positions = torch.arange(self.length, self.length + steps, device=self.model.device)[None]
@@ -42,11 +46,13 @@ class FullAttentionEngine:
             inputs_embeds=embeds, position_ids=positions, past_key_values=self.cache, use_cache=True
         )
         self.length += steps
+        if not logits:
+            return None
         return self.model.lm_head(out.last_hidden_state[:, -1])[0].float()  # [V]
 
-    def prefill_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def prefill_tokens(self, token_ids: torch.Tensor, logits: bool = True) -> torch.Tensor | None:
         """Append token ids [T] (or [1, T]) to the context; returns the last logits [V]."""
-        return self.prefill(self.model.embed_tokens(token_ids.reshape(1, -1))[0])
+        return self.prefill(self.model.embed_tokens(token_ids.reshape(1, -1))[0], logits)
 
     def generate_greedy(self, logits: torch.Tensor, max_new_tokens: int) -> Generation:
         """Greedy decoding from `logits` (the prompt's last logits).

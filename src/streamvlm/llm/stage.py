@@ -42,7 +42,7 @@ class LanguageStage:
         """Prefill one frame's tokens into the context."""
         self._check_batch(batch)
         self._start()
-        self.engine.prefill(batch.embeddings)
+        self.engine.prefill(batch.embeddings, logits=False)
         self.frame_stamps.append(batch.stamp_ns)
         self._turn_has_frames = True
         if self._caption_anchor_ns is None:
@@ -82,13 +82,13 @@ class LanguageStage:
 
     def _start(self) -> None:
         if not self._started:
-            self.engine.prefill_tokens(self.model.tokenize(self.model.prompt.stream_prefix))
+            self.engine.prefill_tokens(self.model.tokenize(self.model.prompt.stream_prefix), logits=False)
             self._started = True
 
     def _close_turn(self, question: str) -> torch.Tensor:
         prompt = self.model.prompt
         if self._turn_has_frames and self.model.frames_end_embedding is not None:
-            self.engine.prefill(self.model.frames_end_embedding[None])
+            self.engine.prefill(self.model.frames_end_embedding[None], logits=False)
         text = prompt.question_prefix + question + prompt.question_suffix
         return self.engine.prefill_tokens(self.model.tokenize(text))
 
@@ -97,7 +97,7 @@ class LanguageStage:
         # end-of-turn marker that the separator spells out anyway, so it is dropped.
         tail = generated[-1:] if generated and not stopped else []
         ids = tail + self.model.tokenize(self.model.prompt.turn_separator)[0].tolist()
-        self.engine.prefill_tokens(torch.tensor(ids))
+        self.engine.prefill_tokens(torch.tensor(ids), logits=False)
         self._turn_has_frames = False
 
     def _check_batch(self, batch: TokenBatch) -> None:
