@@ -2,6 +2,7 @@
 
     streamvlm replay BAG [--topic T] [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
     streamvlm video FILE [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
+    streamvlm play BAG [--topic T] [--to TOPIC] [--rate R] [--loop] [--wait S]   (needs rclpy)
 
 A question given with --at S is asked once every frame up to S seconds of stream time
 (since the first frame) has been taken in; one without --at is asked at the end.
@@ -57,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
         _add_stream_options(sub)
     replay.set_defaults(run=_run_replay)
     video.set_defaults(run=_run_video)
+    play = commands.add_parser("play", help="publish a bag's image topic onto a live ROS 2 topic")
+    play.add_argument("bag", type=Path)
+    play.add_argument("--topic", help="image topic of the bag (needed when it has several)")
+    play.add_argument("--to", metavar="TOPIC", help="publish on this topic instead of the recorded one")
+    play.add_argument("--rate", type=float, default=1.0, help="speed factor (2: twice as fast)")
+    play.add_argument("--loop", action="store_true", help="start again at the end, until Ctrl-C")
+    play.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                      help="wait up to SECONDS for a subscriber before playing")
+    play.set_defaults(run=_run_play)
     return parser
 
 
@@ -65,7 +75,7 @@ def _add_stream_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--at", action="append", default=[], type=float, metavar="SECONDS",
                      help="stream time of the preceding --ask (repeatable, in order)")
     sub.add_argument("--model", help=f"HF id, local directory or 'tiny' (default {config_mod.DEFAULT_MODEL})")
-    sub.add_argument("--config", type=Path, help="ROS 2 parameter file (e.g. config/streamvlm.yaml)")
+    sub.add_argument("--config", type=Path, help="ROS 2 parameter file (e.g. config/live.yaml)")
     sub.add_argument("--fps", type=float, help="frames per second taken from the stream")
     sub.add_argument("--max-new-tokens", type=int, help="answer length limit")
     sub.add_argument("--out", type=Path, help="write captions and answers into this MCAP bag")
@@ -84,6 +94,17 @@ def _run_video(args) -> int:
     from streamvlm.video import VideoFrames
 
     return _stream(args, VideoFrames(args.video))
+
+
+def _run_play(args) -> int:
+    try:
+        from streamvlm.ros.player import play
+    except ImportError as err:
+        raise ValueError(f"play needs ROS 2 (rclpy): {err}") from None
+    sent = play(args.bag, args.topic, args.to, args.rate, args.loop, args.wait,
+                log=lambda text: print(f"streamvlm: {text}", file=sys.stderr))
+    print(f"streamvlm: published {sent} messages", file=sys.stderr)
+    return 0
 
 
 def _config(args) -> config_mod.PipelineConfig:

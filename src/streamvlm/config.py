@@ -3,7 +3,13 @@
 The YAML files under `config/` are ROS 2 parameter files
 (`node_name: {ros__parameters: {...}}`); the CLI reads the same files, so a setting means
 the same thing in `ros2 launch` and in `streamvlm replay`. Parameter names are flat in
-ROS (`vision.fps` is the `fps` field of `VisionConfig`).
+ROS (`vision.fps` is the `fps` field of `VisionConfig`); names without a section
+(`compressed`, `autostart`...) belong to the ROS nodes alone and the CLI skips them.
+
+Each field's metadata describes it once for every front end: `help`, and optionally
+`range` (inclusive bounds), `choices`, and `read_only` (fixes tensor shapes or the loaded
+weights, so it cannot change while running). The ROS nodes turn it into
+ParameterDescriptors; `replace` enforces it everywhere.
 """
 
 from __future__ import annotations
@@ -22,35 +28,37 @@ DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 class ModelConfig:
     """Which weights to load and how to run them."""
 
-    name: str = field(default=DEFAULT_MODEL, metadata={"help": "HF model id, local directory, or 'tiny'"})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
-    device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:1..."})
-    fallback_to_tiny: bool = field(
-        default=True, metadata={"help": "use the tiny random model when `name` cannot be loaded"}
-    )
+    name: str = field(default=DEFAULT_MODEL, metadata={
+        "help": "HF model id, local directory, or 'tiny'", "read_only": True})
+    dtype: str = field(default="float32", metadata={
+        "help": "weights and activations", "choices": ("float32", "bfloat16", "float16"), "read_only": True})
+    device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:1...", "read_only": True})
+    fallback_to_tiny: bool = field(default=True, metadata={
+        "help": "use the tiny random model when `name` cannot be loaded", "read_only": True})
 
 
 @dataclass(frozen=True)
 class VisionConfig:
     """Frame sampling and the vision encoder."""
 
-    fps: float = field(default=1.0, metadata={"help": "frames per second sampled from the camera (0: every frame)"})
+    fps: float = field(default=1.0, metadata={
+        "help": "frames per second sampled from the camera (0: every frame)", "range": (0.0, 240.0)})
 
 
 @dataclass(frozen=True)
 class LanguageConfig:
     """The language model's context and what it says."""
 
-    max_new_tokens: int = field(default=64, metadata={"help": "default answer length limit"})
-    caption_interval_s: float = field(
-        default=5.0, metadata={"help": "seconds of stream between captions (0: no captions)"}
-    )
+    max_new_tokens: int = field(default=64, metadata={"help": "default answer length limit", "range": (1, 4096)})
+    caption_interval_s: float = field(default=5.0, metadata={
+        "help": "seconds of stream between captions (0: no captions)", "range": (0.0, 86400.0)})
     caption_prompt: str = field(
         default="Describe what is happening in one short sentence.",
         metadata={"help": "question asked to make each caption"},
     )
-    caption_max_new_tokens: int = field(default=24, metadata={"help": "caption length limit"})
-    max_question_chars: int = field(default=2000, metadata={"help": "longer questions are refused"})
+    caption_max_new_tokens: int = field(default=24, metadata={"help": "caption length limit", "range": (1, 1024)})
+    max_question_chars: int = field(default=2000, metadata={
+        "help": "longer questions are refused", "range": (1, 1_000_000)})
 
 
 @dataclass(frozen=True)
@@ -64,26 +72,31 @@ class PipelineConfig:
         changed = {}
         for name, values in sections.items():
             section = getattr(self, name)
-            changed[name] = dataclasses.replace(section, **_checked(section, values))
+            changed[name] = replace_checked(section, values)
         return dataclasses.replace(self, **changed)
 
 
-def _checked(section: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+def replace_checked(section: Any, values: Mapping[str, Any]) -> Any:
+    """`dataclasses.replace` that enforces each field's type, range and choices."""
     known = {f.name: f for f in dataclasses.fields(section)}
     out = {}
+    label = type(section).__name__
     for key, value in values.items():
         if key not in known:
-            raise ValueError(f"unknown setting {type(section).__name__}.{key}; known: {sorted(known)}")
+            raise ValueError(f"unknown setting {label}.{key}; known: {sorted(known)}")
         default = getattr(section, key)
         # YAML writes 1 for 1.0; accept ints for floats but nothing else that changes type.
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not type(default):
-            raise ValueError(
-                f"{type(section).__name__}.{key} must be {type(default).__name__}, got {value!r}"
-            )
+            raise ValueError(f"{label}.{key} must be {type(default).__name__}, got {value!r}")
+        meta = known[key].metadata
+        if "range" in meta and not meta["range"][0] <= value <= meta["range"][1]:
+            raise ValueError(f"{label}.{key} must be in [{meta['range'][0]}, {meta['range'][1]}], got {value!r}")
+        if "choices" in meta and value not in meta["choices"]:
+            raise ValueError(f"{label}.{key} must be one of {', '.join(meta['choices'])}; got {value!r}")
         out[key] = value
-    return out
+    return dataclasses.replace(section, **out)
 
 
 def from_flat(params: Mapping[str, Any], base: PipelineConfig | None = None) -> PipelineConfig:
@@ -98,23 +111,44 @@ def from_flat(params: Mapping[str, Any], base: PipelineConfig | None = None) -> 
 
 
 def to_flat(cfg: PipelineConfig) -> dict[str, Any]:
-    """Flat ROS-style names and values, with their help texts, for declaring parameters."""
+    """Flat ROS-style names and their values."""
+    return {name: value for name, (value, _) in described(cfg).items()}
+
+
+def described(cfg: Any, sections: tuple[str, ...] | None = None) -> dict[str, tuple[Any, Mapping[str, Any]]]:
+    """Flat names -> (value, field metadata), for declaring parameters.
+
+    `cfg` is a PipelineConfig (names `section.field`, optionally only some `sections`) or
+    any other frozen dataclass (names are its fields).
+    """
+    if not isinstance(cfg, PipelineConfig):
+        return {f.name: (getattr(cfg, f.name), f.metadata) for f in dataclasses.fields(cfg)}
     flat = {}
     for section in dataclasses.fields(cfg):
+        if sections is not None and section.name not in sections:
+            continue
         for f in dataclasses.fields(getattr(cfg, section.name)):
-            flat[f"{section.name}.{f.name}"] = getattr(getattr(cfg, section.name), f.name)
+            flat[f"{section.name}.{f.name}"] = (getattr(getattr(cfg, section.name), f.name), f.metadata)
     return flat
 
 
 def load(path: str | Path, node: str | None = None) -> PipelineConfig:
-    """Read a ROS 2 parameter file. All nodes' parameters are merged unless `node` is given."""
+    """The pipeline settings of a ROS 2 parameter file (node-only settings are skipped)."""
+    params = load_params(path, node)
+    return from_flat({key: value for key, value in params.items() if "." in key})
+
+
+def load_params(path: str | Path, node: str | None = None) -> dict[str, Any]:
+    """All flat parameters of a ROS 2 parameter file; every node's, merged, unless `node` is given."""
     data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} is not a ROS 2 parameter file (expected node names at the top)")
     params: dict[str, Any] = {}
     for name, body in data.items():
         if node is not None and name.strip("/") not in (node, "**"):
             continue
         params.update((body or {}).get("ros__parameters", {}))
-    return from_flat(_flatten(params))
+    return _flatten(params)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -34,13 +34,26 @@ class LanguageStage:
         self._started = self._turn_has_frames = False
         self._caption_anchor_ns = self._caption_from_ns = None
 
+    def reconfigure(self, cfg: PipelineConfig) -> None:
+        """Take new run-time settings (the model section cannot change while running)."""
+        if cfg.model != self.cfg.model:
+            raise ValueError("the model settings are fixed while running; reconfigure the node to change them")
+        self.cfg = cfg
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens in the KV cache now."""
+        return self.engine.length
+
     @property
     def newest_stamp_ns(self) -> int:
         return self.frame_stamps[-1] if self.frame_stamps else 0
 
     def ingest(self, batch: TokenBatch) -> None:
         """Prefill one frame's tokens into the context."""
-        self._check_batch(batch)
+        self.check_batch(batch)
+        if self.frame_stamps and batch.stamp_ns <= self.frame_stamps[-1]:
+            raise ValueError(f"frame stamp {batch.stamp_ns} is not after the newest {self.frame_stamps[-1]}")
         self._start()
         self.engine.prefill(batch.embeddings, logits=False)
         self.frame_stamps.append(batch.stamp_ns)
@@ -53,7 +66,9 @@ class LanguageStage:
     def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
         """Answer from everything in the context; the question and answer stay in it."""
         start = time.perf_counter()
-        error = self._question_error(question)
+        error = self.question_error(question)
+        if not error and not self.frame_stamps:
+            error = "no camera frames received yet: nothing to answer from"
         if error:
             return Answer(question, "", self.newest_stamp_ns, 0.0, success=False, error=error)
         limit = max_new_tokens or self.cfg.language.max_new_tokens
@@ -100,17 +115,19 @@ class LanguageStage:
         self.engine.prefill_tokens(torch.tensor(ids), logits=False)
         self._turn_has_frames = False
 
-    def _check_batch(self, batch: TokenBatch) -> None:
+    def check_batch(self, batch: TokenBatch) -> None:
+        """Raises ValueError when tokens cannot go into this model's context (stamps aside)."""
         hidden = self.model.decoder.config.hidden_size
         if batch.model and batch.model != self.model.name:
             raise ValueError(f"tokens from model {batch.model!r}, but this stage runs {self.model.name!r}")
-        if batch.embeddings.ndim != 2 or batch.embeddings.shape[1] != hidden:
-            raise ValueError(f"tokens must be [N, {hidden}], got {tuple(batch.embeddings.shape)}")
-        if self.frame_stamps and batch.stamp_ns <= self.frame_stamps[-1]:
-            raise ValueError(f"frame stamp {batch.stamp_ns} is not after the newest {self.frame_stamps[-1]}")
+        if batch.embeddings.ndim != 2 or batch.embeddings.shape[1] != hidden or batch.embeddings.shape[0] == 0:
+            raise ValueError(f"tokens must be [N > 0, {hidden}], got {tuple(batch.embeddings.shape)}")
+        if not bool(torch.isfinite(batch.embeddings).all()):
+            raise ValueError("tokens hold NaN or Inf")
 
-    def _question_error(self, question: str) -> str:
-        if not question or not question.strip():
+    def question_error(self, question: str) -> str:
+        """Why a question is refused whatever the stream holds; "" when it is acceptable."""
+        if not isinstance(question, str) or not question.strip():
             return "empty question"
         limit = self.cfg.language.max_question_chars
         if len(question) > limit:

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import socket
+import threading
+import weakref
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,7 +18,8 @@ from streamvlm.models.base import VisionLanguageModel, VisionTower
 from streamvlm.models.prompt import PromptFormat
 from streamvlm.models.tiny import ensure_tiny
 
-__all__ = ["ModelUnavailable", "PromptFormat", "VisionLanguageModel", "VisionTower", "load_model", "resolve"]
+__all__ = ["ModelUnavailable", "PromptFormat", "VisionLanguageModel", "VisionTower", "load_model", "load_shared",
+           "resolve"]
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +86,19 @@ def load_model(cfg: ModelConfig) -> VisionLanguageModel:
     if cfg.dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
     return adapters[model_type](model_dir, name, _DTYPES[cfg.dtype], torch.device(cfg.device))
+
+
+_shared: "weakref.WeakValueDictionary[ModelConfig, VisionLanguageModel]" = weakref.WeakValueDictionary()
+_shared_lock = threading.Lock()
+
+
+def load_shared(cfg: ModelConfig) -> VisionLanguageModel:
+    """`load_model`, but one instance per settings in a process while anyone holds it: the
+    encoder and LLM nodes composed in one process share their weights, and the memory is
+    freed when the last holder lets go."""
+    with _shared_lock:
+        model = _shared.get(cfg)
+        if model is None:
+            model = load_model(cfg)
+            _shared[cfg] = model
+        return model

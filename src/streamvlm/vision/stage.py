@@ -25,12 +25,30 @@ class VisionStage:
     def from_config(cls, cfg: PipelineConfig, model: VisionLanguageModel | None = None) -> "VisionStage":
         return cls(cfg, model if model is not None else load_model(cfg.model))
 
+    def reconfigure(self, cfg: PipelineConfig) -> None:
+        """Take new run-time settings (the model section cannot change while running)."""
+        if cfg.model != self.cfg.model:
+            raise ValueError("the model settings are fixed while running; reconfigure the node to change them")
+        if cfg.vision.fps != self.cfg.vision.fps:
+            self.sampler = FrameSampler(cfg.vision.fps)
+        self.cfg = cfg
+
     def process(self, frame_rgb: np.ndarray, stamp_ns: int) -> TokenBatch | None:
         """One camera frame -> its tokens, or None when the sampling rate skips it."""
         _check_frame(frame_rgb)
-        self.frames_seen += 1
-        if not self.sampler.accept(stamp_ns):
+        if not self.accept(stamp_ns):
             return None
+        return self.encode_frame(frame_rgb, stamp_ns)
+
+    def accept(self, stamp_ns: int) -> bool:
+        """Whether the sampling rate takes a frame with this stamp; decides from the stamp alone,
+        so a node can skip decoding the frames it will not use."""
+        self.frames_seen += 1
+        return self.sampler.accept(stamp_ns)
+
+    def encode_frame(self, frame_rgb: np.ndarray, stamp_ns: int) -> TokenBatch:
+        """An accepted frame -> its tokens."""
+        _check_frame(frame_rgb)
         tokens, grid = self.encode(self.model.preprocess(frame_rgb))
         batch = TokenBatch(
             stamp_ns=stamp_ns,

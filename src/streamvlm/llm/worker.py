@@ -1,0 +1,210 @@
+"""LanguageWorker: runs a LanguageStage on one thread; token batches and questions come in
+from any thread and are served in arrival order.
+
+The model has one context, so ingesting and answering take turns on a single thread; the
+callers only enqueue. A question is answered after every frame that arrived before it, so
+its answer sees what the camera saw when it was asked. Both queues are bounded: frames
+beyond `max_pending_frames` push out the oldest waiting frame (the LLM is slower than the
+encoder: keep latency bounded, count the drop), and questions beyond
+`max_pending_questions` are refused at once as busy. Every question gets an `Answer`,
+refusals included, through the returned future and the `on_answer` callback.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from streamvlm.llm.stage import LanguageStage
+from streamvlm.metrics import RecentValues, ThrottledLog
+from streamvlm.types import Answer, Caption, TokenBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Question:
+    text: str
+    max_new_tokens: int | None
+    future: "Future[Answer]"
+
+
+class LanguageWorker:
+    def __init__(self, stage: LanguageStage, *, max_pending_frames: int = 8, max_pending_questions: int = 16,
+                 on_caption: Callable[[Caption], None] | None = None,
+                 on_answer: Callable[[Answer], None] | None = None,
+                 warn: Callable[[str], None] = log.warning):
+        if max_pending_frames < 1 or max_pending_questions < 1:
+            raise ValueError("queue sizes must be at least 1")
+        self.stage = stage
+        self._on_caption = on_caption or (lambda caption: None)
+        self._on_answer = on_answer or (lambda answer: None)
+        self._warn = ThrottledLog(warn)
+        self._max_frames = max_pending_frames
+        self._max_questions = max_pending_questions
+        self._frames: collections.deque[tuple[int, TokenBatch]] = collections.deque()
+        self._questions: collections.deque[tuple[int, _Question]] = collections.deque()
+        self._arrival = itertools.count()
+        self._newest_ns: int | None = None  # newest stamp accepted into the queue
+        self._cond = threading.Condition()
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self.received = 0
+        self.ingested = 0
+        self.dropped_stale = 0  # not newer than a frame already taken: the context is in time order
+        self.dropped_overflow = 0  # pushed out of a full queue while the model was busy
+        self.dropped_invalid = 0  # wrong size, model or values
+        self.answered = 0
+        self.rejected = 0  # refused (empty, too long, busy, no frames) or failed
+        self.captions = 0
+        self.ms_per_frame = RecentValues()  # prefill time per ingested frame
+        self.answer_ms = RecentValues()
+
+    def start(self) -> None:
+        with self._cond:
+            if self._running:
+                return
+            self._running = True
+        self._thread = threading.Thread(target=self._run, name="language-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stops after the work in hand; waiting questions are answered with an error."""
+        with self._cond:
+            self._running = False
+            waiting = [question for _, question in self._questions]
+            self._questions.clear()
+            self._frames.clear()
+            self._cond.notify_all()
+        for question in waiting:
+            self._refuse(question.text, "the node is shutting down", question.future)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def submit_batch(self, batch: TokenBatch) -> bool:
+        """Queue one frame's tokens; False (and counted) when they are invalid or stale."""
+        try:
+            self.stage.check_batch(batch)
+        except ValueError as err:
+            with self._cond:
+                self.received += 1
+                self.dropped_invalid += 1
+            self._warn("invalid", f"dropped invalid vision tokens ({self.dropped_invalid} so far): {err}")
+            return False
+        with self._cond:
+            self.received += 1
+            if self._newest_ns is not None and batch.stamp_ns <= self._newest_ns:
+                self.dropped_stale += 1
+                self._warn("stale", f"dropped vision tokens out of time order ({self.dropped_stale} so far): "
+                                    f"stamp {batch.stamp_ns} ns is not after {self._newest_ns} ns")
+                return False
+            self._newest_ns = batch.stamp_ns
+            if len(self._frames) >= self._max_frames:
+                self._frames.popleft()
+                self.dropped_overflow += 1
+                self._warn("overflow", f"language model slower than the encoder: {self.dropped_overflow} "
+                                       "frames dropped so far")
+            self._frames.append((next(self._arrival), batch))
+            self._cond.notify()
+        return True
+
+    def ask(self, question: str, max_new_tokens: int | None = None) -> "Future[Answer]":
+        """Queue a question; the future resolves to its Answer (at once when refused)."""
+        future: Future[Answer] = Future()
+        error = self.stage.question_error(question)
+        if not error:
+            with self._cond:
+                if not self._running:
+                    error = "the node is not active"
+                elif len(self._questions) >= self._max_questions:
+                    error = f"busy: {len(self._questions)} questions are waiting; ask again later"
+                else:
+                    self._questions.append((next(self._arrival), _Question(question, max_new_tokens, future)))
+                    self._cond.notify()
+                    return future
+        self._refuse(question, error, future)
+        return future
+
+    def status(self) -> dict[str, Any]:
+        """Figures for diagnostics, by name."""
+        return {
+            "frames received": self.received,
+            "frames ingested": self.ingested,
+            "frames dropped (stale)": self.dropped_stale,
+            "frames dropped (busy)": self.dropped_overflow,
+            "frames dropped (invalid)": self.dropped_invalid,
+            "ms per frame p50": round(self.ms_per_frame.percentile(50), 1),
+            "ms per frame p95": round(self.ms_per_frame.percentile(95), 1),
+            "frames in context": len(self.stage.frame_stamps),
+            "KV tokens in use": self.stage.context_tokens,
+            "KV token budget": "unbounded (full attention)",
+            "questions answered": self.answered,
+            "questions rejected": self.rejected,
+            "questions waiting": len(self._questions),
+            "mean answer latency ms": round(self.answer_ms.mean(), 1),
+            "captions": self.captions,
+        }
+
+    def _refuse(self, question: str, error: str, future: "Future[Answer]") -> None:
+        answer = Answer(question if isinstance(question, str) else "", "", self.stage.newest_stamp_ns, 0.0,
+                        success=False, error=error)
+        self.rejected += 1
+        future.set_result(answer)
+        self._publish(answer)
+
+    def _next(self) -> TokenBatch | _Question | None:
+        """The earliest-arrived waiting item, or None when stopping."""
+        with self._cond:
+            while self._running and not self._frames and not self._questions:
+                self._cond.wait()
+            if not self._running:
+                return None
+            take_frame = self._frames and (not self._questions or self._frames[0][0] < self._questions[0][0])
+            return (self._frames if take_frame else self._questions).popleft()[1]
+
+    def _run(self) -> None:
+        while (item := self._next()) is not None:
+            try:
+                if isinstance(item, TokenBatch):
+                    self._ingest(item)
+                else:
+                    self._answer(item)
+            except Exception as err:  # noqa: BLE001 - the worker must outlive any one item
+                self._warn("failed", f"language worker error: {type(err).__name__}: {err}")
+                if isinstance(item, _Question) and not item.future.done():
+                    self._refuse(item.text, f"internal error: {type(err).__name__}: {err}", item.future)
+
+    def _ingest(self, batch: TokenBatch) -> None:
+        start = time.perf_counter()
+        self.stage.ingest(batch)
+        self.ingested += 1
+        self.ms_per_frame.add((time.perf_counter() - start) * 1e3)
+        caption = self.stage.maybe_caption()
+        if caption is not None:
+            self.captions += 1
+            self._on_caption(caption)
+
+    def _answer(self, question: _Question) -> None:
+        if not question.future.set_running_or_notify_cancel():
+            return  # the asker gave up waiting; nothing to answer
+        answer = self.stage.ask(question.text, question.max_new_tokens)
+        if answer.success:
+            self.answered += 1
+            self.answer_ms.add(answer.latency_ms)
+        else:
+            self.rejected += 1
+        question.future.set_result(answer)
+        self._publish(answer)
+
+    def _publish(self, answer: Answer) -> None:
+        try:
+            self._on_answer(answer)
+        except Exception as err:  # noqa: BLE001
+            self._warn("publish", f"publishing an answer failed: {type(err).__name__}: {err}")

@@ -1,0 +1,178 @@
+"""llm_node: `vision_tokens` in; `captions`, `answers` and the `ask` service out.
+
+    ros2 run streamvlm llm_node
+    ros2 service call /ask streamvlm_msgs/srv/Ask "{question: 'What is happening?'}"
+    ros2 topic pub --once /question std_msgs/msg/String "{data: 'Is the door open?'}"
+
+Ingestion and answering share one model context, so a LanguageWorker thread does both in
+arrival order; callbacks only enqueue. The `ask` service waits for its answer in its own
+reentrant callback group, on a MultiThreadedExecutor with a thread for every question that
+may wait, so a waiting question never holds up the token subscription and the worker never
+waits on a callback.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+from streamvlm_msgs.msg import Answer as AnswerMsg
+from streamvlm_msgs.msg import Caption as CaptionMsg
+from streamvlm_msgs.msg import VisionTokens
+from streamvlm_msgs.srv import Ask
+
+from streamvlm.llm.stage import LanguageStage
+from streamvlm.llm.worker import LanguageWorker
+from streamvlm.metrics import ThrottledLog
+from streamvlm.models import load_shared
+from streamvlm.ros import convert
+from streamvlm.ros.diagnostics import OK, WARN, grew
+from streamvlm.ros.settings import LlmSettings
+from streamvlm.ros.stage_node import StageNode
+from streamvlm.types import Answer, Caption, TokenBatch
+
+RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class LlmNode(StageNode):
+    SECTIONS = ("model", "language")
+
+    def __init__(self, node_name: str = "llm_node", subscribe_tokens: bool = True, **kwargs):
+        """`subscribe_tokens=False` when an encoder in the same process hands tokens to
+        `take_batch` directly (the `live` composition)."""
+        super().__init__(node_name, LlmSettings(), **kwargs)
+        self._subscribe_tokens = subscribe_tokens
+        self.worker: LanguageWorker | None = None
+        self._captions = self._answers = None
+        self._subscriptions_made: list = []
+        self._frame_id = self.settings.frame_id
+        self._warn = ThrottledLog(self.get_logger().warning)
+        self.dropped_inactive = 0  # tokens that arrived while no worker ran
+        # The service exists in every state, so a question to an inactive node is answered
+        # with the reason instead of leaving the caller waiting for the service.
+        self._ask_group = ReentrantCallbackGroup()
+        self.create_service(Ask, "ask", self._on_ask, callback_group=self._ask_group)
+
+    @property
+    def threads_wanted(self) -> int:
+        # One per question that may wait in the service callback, plus the one being
+        # answered, plus subscriptions, timer and lifecycle services.
+        return self.settings.max_pending_questions + 4
+
+    def configure_stage(self) -> None:
+        stage = LanguageStage(self.cfg, load_shared(self.cfg.model))
+        self.worker = LanguageWorker(
+            stage, max_pending_frames=self.settings.max_pending_frames,
+            max_pending_questions=self.settings.max_pending_questions,
+            on_caption=self._publish_caption, on_answer=self._publish_answer, warn=self.get_logger().warning)
+        self._captions = self.create_lifecycle_publisher(CaptionMsg, "captions", RELIABLE)
+        self._answers = self.create_lifecycle_publisher(AnswerMsg, "answers", RELIABLE)
+        self.get_logger().info(f"configured: model {stage.model.name}")
+
+    def activate_stage(self) -> None:
+        self.worker.start()
+        ingest = MutuallyExclusiveCallbackGroup()
+        if self._subscribe_tokens:
+            self._subscriptions_made.append(self.create_subscription(
+                VisionTokens, "vision_tokens", self._on_tokens, RELIABLE, callback_group=ingest))
+        self._subscriptions_made.append(self.create_subscription(
+            String, "question", self._on_question, RELIABLE, callback_group=ingest))
+
+    def deactivate_stage(self) -> None:
+        for subscription in self._subscriptions_made:
+            self.destroy_subscription(subscription)
+        self._subscriptions_made.clear()
+        if self.worker is not None:
+            self.worker.stop()
+
+    def release_stage(self) -> None:
+        for publisher in (self._captions, self._answers):
+            if publisher is not None:
+                self.destroy_lifecycle_publisher(publisher)
+        self._captions = self._answers = None
+        self.worker = None
+
+    def reconfigure(self, cfg, settings) -> None:
+        if self.worker is not None:
+            self.worker.stage.reconfigure(cfg)
+
+    def take_batch(self, batch: TokenBatch) -> None:
+        """Tokens from the subscription or, in one process, straight from the encoder."""
+        worker = self.worker
+        if worker is None or self.state_label != "active":
+            self.dropped_inactive += 1
+            return
+        worker.submit_batch(batch)
+
+    def _on_tokens(self, msg: VisionTokens) -> None:
+        try:
+            batch = convert.msg_to_batch(msg)
+        except ValueError as err:
+            if self.worker is not None:
+                self.worker.dropped_invalid += 1
+                self.worker.received += 1
+            self._warn("invalid", f"dropped a malformed vision_tokens message: {err}")
+            return
+        self._frame_id = msg.header.frame_id or self._frame_id
+        self.take_batch(batch)
+
+    def _on_question(self, msg: String) -> None:
+        worker = self.worker
+        if worker is None:
+            self._publish_answer(self._not_active(msg.data))
+            return
+        worker.ask(msg.data)  # its answer, or refusal, is published on `answers`
+
+    def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
+        worker = self.worker
+        if worker is None or self.state_label != "active":
+            return convert.fill_ask_response(response, self._not_active(request.question))
+        future = worker.ask(request.question, int(request.max_new_tokens) or None)
+        timeout = self.settings.ask_timeout_s
+        try:
+            answer = future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # if the worker has not started on it, it never will
+            answer = Answer(request.question, "", worker.stage.newest_stamp_ns, timeout * 1e3, success=False,
+                            error=f"no answer within ask_timeout_s = {timeout} s")
+            worker.rejected += 1
+            self._publish_answer(answer)
+        return convert.fill_ask_response(response, answer)
+
+    def _not_active(self, question: str) -> Answer:
+        reason = f"the node is {self.state_label}" + (f" ({self.configure_error})" if self.configure_error else "")
+        return Answer(question, "", 0, 0.0, success=False, error=reason)
+
+    def _publish_caption(self, caption: Caption) -> None:
+        if self._captions is not None:
+            self._captions.publish(convert.caption_to_msg(caption, self._frame_id))
+
+    def _publish_answer(self, answer: Answer) -> None:
+        if self._answers is not None:
+            self._answers.publish(convert.answer_to_msg(answer, self._frame_id))
+
+    def figures(self) -> dict[str, Any]:
+        if self.worker is None:
+            return {}
+        return {**self.worker.status(), "frames dropped (inactive)": self.dropped_inactive}
+
+    def health(self, now: dict[str, Any], before: dict[str, Any]) -> tuple[bytes, str]:
+        if now.get("frames received", 0) == 0:
+            return WARN, "no vision tokens received yet"
+        busy, stale = grew(now, before, "frames dropped (busy)"), grew(now, before, "frames dropped (stale)")
+        if busy:
+            return WARN, f"slower than the encoder: {busy} frames dropped in the last period"
+        if stale:
+            return WARN, f"{stale} frames out of time order dropped in the last period"
+        if grew(now, before, "questions rejected"):
+            return WARN, "questions were refused in the last period"
+        return OK, "ingesting and answering"
+
+
+def main(args: list[str] | None = None) -> int:
+    from streamvlm.ros.spin import run
+
+    return run(lambda: [LlmNode()], args)
