@@ -5,7 +5,8 @@ import sys
 
 BLOCK_ROS = """
 import importlib.abc, pkgutil, sys
-ROS = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "builtin_interfaces", "streamvlm_msgs", "cv_bridge")
+ROS = ("rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "builtin_interfaces", "rcl_interfaces",
+       "streamvlm_msgs", "cv_bridge")
 class BlockRos(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ROS:

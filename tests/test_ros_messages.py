@@ -90,3 +90,46 @@ def test_caption_crosses_dds_under_the_test_profile():
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_vision_tokens_round_trip_through_the_wire(dtype):
+    import torch
+
+    from streamvlm.ros import convert
+    from streamvlm.types import TokenBatch
+
+    embeddings = torch.randn(5, 8)
+    batch = TokenBatch(stamp_ns=12 * 10**9 + 5, frame_index=4, embeddings=embeddings,
+                       positions=torch.tensor([0, 2, 3, 7, 8]), grid=(3, 3), novelty=0.25, reuse_ratio=0.5,
+                       model="tiny", frame_id="front")
+    wire = serialization.serialize_message(convert.batch_to_msg(batch, dtype))
+    back = convert.msg_to_batch(serialization.deserialize_message(wire, msgs.VisionTokens))
+    expected = embeddings.to(convert.TOKEN_DTYPES[dtype])
+    assert back.embeddings.dtype == expected.dtype and torch.equal(back.embeddings, expected)
+    assert (back.stamp_ns, back.frame_index, back.grid, back.model, back.frame_id) == \
+        (batch.stamp_ns, 4, (3, 3), "tiny", "front")
+    assert back.positions.tolist() == [0, 2, 3, 7, 8] and back.novelty == 0.25 and back.reuse_ratio == 0.5
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"dtype": "int8"}, "unknown token dtype"),
+    ({"data": b"\x00" * 12}, "needs 160"),
+    ({"num_tokens": 0}, "empty token matrix"),
+    ({"positions": [0, 1, 2, 3, 9]}, "inside the 3x3 grid"),
+    ({"positions": [0, 1, 1, 2, 3]}, "must ascend"),
+    ({"positions": [0, 1]}, "2 positions for 5 tokens"),
+])
+def test_malformed_vision_tokens_are_refused_with_reasons(change, reason):
+    import torch
+
+    from streamvlm.ros import convert
+    from streamvlm.types import TokenBatch
+
+    batch = TokenBatch(stamp_ns=1, frame_index=0, embeddings=torch.zeros(5, 8), positions=torch.arange(5),
+                       grid=(3, 3))
+    msg = convert.batch_to_msg(batch)
+    for key, value in change.items():
+        setattr(msg, key, value)
+    with pytest.raises(ValueError, match=reason):
+        convert.msg_to_batch(msg)

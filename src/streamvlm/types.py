@@ -29,6 +29,7 @@ class TokenBatch:
     novelty: float = 1.0  # how different from earlier frames (0 = nothing new)
     reuse_ratio: float = 0.0  # share of ViT work reused from earlier frames
     model: str = ""  # which model's projector made the embeddings
+    frame_id: str = ""  # the camera's coordinate frame, passed on to captions and answers
 
     @property
     def num_tokens(self) -> int:

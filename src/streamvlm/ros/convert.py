@@ -35,13 +35,13 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
 
 
-def batch_to_msg(batch: TokenBatch, frame_id: str, dtype: str = "float32") -> VisionTokens:
+def batch_to_msg(batch: TokenBatch, dtype: str = "float32") -> VisionTokens:
     tokens = batch.embeddings.detach().to("cpu", TOKEN_DTYPES[dtype]).contiguous()  # [N, D]
     msg = VisionTokens(frame_index=batch.frame_index, model=batch.model, num_tokens=tokens.shape[0],
                        dim=tokens.shape[1], dtype=dtype, grid_rows=batch.grid[0], grid_cols=batch.grid[1],
                        novelty=float(batch.novelty), reuse_ratio=float(batch.reuse_ratio))
     msg.header.stamp = to_time(batch.stamp_ns)
-    msg.header.frame_id = frame_id
+    msg.header.frame_id = batch.frame_id
     # Bytes of the tensor as stored (little-endian on every platform we run on); bfloat16
     # has no numpy type, so go through uint8.
     msg.data = tokens.view(-1).view(torch.uint8).numpy().tobytes()
@@ -72,6 +72,7 @@ def msg_to_batch(msg: VisionTokens) -> TokenBatch:
         stamp_ns=stamp_ns(msg.header.stamp), frame_index=int(msg.frame_index), embeddings=embeddings,
         positions=torch.from_numpy(positions), grid=(int(msg.grid_rows), int(msg.grid_cols)),
         novelty=float(msg.novelty), reuse_ratio=float(msg.reuse_ratio), model=msg.model,
+        frame_id=msg.header.frame_id,
     )
 
 

@@ -79,11 +79,12 @@ class EncoderNode(StageNode):
         self.worker.submit(stamp, msg)
 
     def _hand_on(self, batch: TokenBatch) -> None:
+        batch.frame_id = self._frame_id
         if self._in_process is not None:
             self._in_process(batch)
             if self._publisher.get_subscription_count() == 0:
                 return
-        self._publisher.publish(convert.batch_to_msg(batch, self._frame_id, self.settings.tokens_dtype))
+        self._publisher.publish(convert.batch_to_msg(batch, self.settings.tokens_dtype))
 
     def figures(self) -> dict[str, Any]:
         return self.worker.status() if self.worker is not None else {}
@@ -105,3 +106,9 @@ def main(args: list[str] | None = None) -> int:
     from streamvlm.ros.spin import run
 
     return run(lambda: [EncoderNode()], args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -21,3 +21,9 @@ def main(args: list[str] | None = None) -> int:
     from streamvlm.ros.spin import run
 
     return run(compose, args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

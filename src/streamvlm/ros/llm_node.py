@@ -105,6 +105,7 @@ class LlmNode(StageNode):
         if worker is None or self.state_label != "active":
             self.dropped_inactive += 1
             return
+        self._frame_id = batch.frame_id or self._frame_id
         worker.submit_batch(batch)
 
     def _on_tokens(self, msg: VisionTokens) -> None:
@@ -116,7 +117,6 @@ class LlmNode(StageNode):
                 self.worker.received += 1
             self._warn("invalid", f"dropped a malformed vision_tokens message: {err}")
             return
-        self._frame_id = msg.header.frame_id or self._frame_id
         self.take_batch(batch)
 
     def _on_question(self, msg: String) -> None:
@@ -176,3 +176,9 @@ def main(args: list[str] | None = None) -> int:
     from streamvlm.ros.spin import run
 
     return run(lambda: [LlmNode()], args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

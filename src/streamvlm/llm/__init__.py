@@ -1,0 +1,1 @@
+"""The language side: LLM engine, KV cache, LanguageStage and its worker."""

@@ -1,0 +1,1 @@
+"""The vision side: ViT encoder, frame sampling, VisionStage and its worker."""

@@ -1,0 +1,92 @@
+"""A test-side ROS participant: calls `ask`, records captions, answers and diagnostics, and
+publishes camera images. Spins in its own thread on its own context; tests wait on
+conditions with a deadline, never on sleeps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from streamvlm_msgs.msg import Answer, Caption
+from streamvlm_msgs.srv import Ask
+
+RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def publish_until(publisher, make_msg: Callable[[int], object], condition: Callable[[], object],
+                  timeout_s: float, what: str, period_s: float = 1.0):
+    """Publish `make_msg(attempt)` every `period_s` until `condition` holds.
+
+    A camera subscription is best effort: a message sent just as the subscriber matches
+    the publisher may be lost, so the first one is retried rather than waited for.
+    """
+    deadline = time.monotonic() + timeout_s
+    attempt = 0
+    while time.monotonic() < deadline:
+        publisher.publish(make_msg(attempt))
+        attempt += 1
+        try:
+            return wait_for(condition, min(period_s, max(deadline - time.monotonic(), 0.01)), what)
+        except AssertionError:
+            continue
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class Probe:
+    def __init__(self, name: str = "probe"):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.captions: list[Caption] = []
+        self.answers: list[Answer] = []
+        self.diagnostics: dict[str, dict[str, str]] = {}  # status name -> latest key-values
+        self.levels: dict[str, tuple[bytes, str]] = {}
+        self.node.create_subscription(Caption, "captions", self.captions.append, RELIABLE)
+        self.node.create_subscription(Answer, "answers", self.answers.append, RELIABLE)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE)
+        self.ask_client = self.node.create_client(Ask, "ask")
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+            self.levels[status.name] = (status.level, status.message)
+
+    def figure(self, node_name: str, key: str) -> float:
+        values = self.diagnostics.get(f"streamvlm: /{node_name}", {})
+        return float(values.get(key, "nan")) if key in values else float("nan")
+
+    def ask(self, question: str, timeout_s: float = 120.0, max_new_tokens: int = 0) -> Ask.Response:
+        assert self.ask_client.wait_for_service(timeout_sec=timeout_s), "no ask service"
+        done = threading.Event()
+        future = self.ask_client.call_async(Ask.Request(question=question, max_new_tokens=max_new_tokens))
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(timeout_s), f"no response to {question!r} within {timeout_s} s"
+        return future.result()
+
+    def publisher(self, msg_type, topic: str, qos=RELIABLE):
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self._thread.join(10)
