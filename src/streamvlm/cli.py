@@ -3,6 +3,7 @@
     streamvlm replay BAG [--topic T] [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
     streamvlm video FILE [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
     streamvlm play BAG [--topic T] [--to TOPIC] [--rate R] [--loop] [--wait S]   (needs rclpy)
+    streamvlm diagnostics [--duration S] [--json]                                (needs rclpy)
 
 A question given with --at S is asked once every frame up to S seconds of stream time
 (since the first frame) has been taken in; one without --at is asked at the end.
@@ -67,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     play.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                       help="wait up to SECONDS for a subscriber before playing")
     play.set_defaults(run=_run_play)
+    diagnostics = commands.add_parser("diagnostics", help="print the nodes' /diagnostics reports")
+    diagnostics.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                             help="stop after SECONDS (default: until Ctrl-C)")
+    diagnostics.add_argument("--json", action="store_true", help="one JSON object per report")
+    diagnostics.set_defaults(run=_run_diagnostics)
     return parser
 
 
@@ -104,6 +110,15 @@ def _run_play(args) -> int:
     sent = play(args.bag, args.topic, args.to, args.rate, args.loop, args.wait,
                 log=lambda text: print(f"streamvlm: {text}", file=sys.stderr))
     print(f"streamvlm: published {sent} messages", file=sys.stderr)
+    return 0
+
+
+def _run_diagnostics(args) -> int:
+    try:
+        from streamvlm.ros.monitor import watch
+    except ImportError as err:
+        raise ValueError(f"diagnostics needs ROS 2 (rclpy): {err}") from None
+    watch(args.duration, args.json, out=lambda line: print(line, flush=True))
     return 0
 
 

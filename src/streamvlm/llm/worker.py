@@ -48,8 +48,9 @@ class LanguageWorker:
         self._warn = ThrottledLog(warn)
         self._max_frames = max_pending_frames
         self._max_questions = max_pending_questions
-        self._frames: collections.deque[tuple[int, TokenBatch]] = collections.deque()
-        self._questions: collections.deque[tuple[int, _Question]] = collections.deque()
+        # (arrival number, item, monotonic arrival time)
+        self._frames: collections.deque[tuple[int, TokenBatch, float]] = collections.deque()
+        self._questions: collections.deque[tuple[int, _Question, float]] = collections.deque()
         self._arrival = itertools.count()
         self._newest_ns: int | None = None  # newest stamp accepted into the queue
         self._cond = threading.Condition()
@@ -64,6 +65,7 @@ class LanguageWorker:
         self.rejected = 0  # refused (empty, too long, busy, no frames) or failed
         self.captions = 0
         self.ms_per_frame = RecentValues()  # prefill time per ingested frame
+        self.ms_waiting = RecentValues()  # arrival to ingestion: bounded by the queue size
         self.answer_ms = RecentValues()
 
     def start(self) -> None:
@@ -78,7 +80,7 @@ class LanguageWorker:
         """Stops after the work in hand; waiting questions are answered with an error."""
         with self._cond:
             self._running = False
-            waiting = [question for _, question in self._questions]
+            waiting = [question for _, question, _ in self._questions]
             self._questions.clear()
             self._frames.clear()
             self._cond.notify_all()
@@ -111,7 +113,7 @@ class LanguageWorker:
                 self.dropped_overflow += 1
                 self._warn("overflow", f"language model slower than the encoder: {self.dropped_overflow} "
                                        "frames dropped so far")
-            self._frames.append((next(self._arrival), batch))
+            self._frames.append((next(self._arrival), batch, time.monotonic()))
             self._cond.notify()
         return True
 
@@ -126,7 +128,8 @@ class LanguageWorker:
                 elif len(self._questions) >= self._max_questions:
                     error = f"busy: {len(self._questions)} questions are waiting; ask again later"
                 else:
-                    self._questions.append((next(self._arrival), _Question(question, max_new_tokens, future)))
+                    self._questions.append((next(self._arrival), _Question(question, max_new_tokens, future),
+                                            time.monotonic()))
                     self._cond.notify()
                     return future
         self._refuse(question, error, future)
@@ -142,6 +145,7 @@ class LanguageWorker:
             "frames dropped (invalid)": self.dropped_invalid,
             "ms per frame p50": round(self.ms_per_frame.percentile(50), 1),
             "ms per frame p95": round(self.ms_per_frame.percentile(95), 1),
+            "ms waiting p95": round(self.ms_waiting.percentile(95), 1),
             "frames in context": len(self.stage.frame_stamps),
             "KV tokens in use": self.stage.context_tokens,
             "KV token budget": "unbounded (full attention)",
@@ -159,20 +163,23 @@ class LanguageWorker:
         future.set_result(answer)
         self._publish(answer)
 
-    def _next(self) -> TokenBatch | _Question | None:
-        """The earliest-arrived waiting item, or None when stopping."""
+    def _next(self) -> tuple[TokenBatch | _Question, float] | None:
+        """The earliest-arrived waiting item and its arrival time, or None when stopping."""
         with self._cond:
             while self._running and not self._frames and not self._questions:
                 self._cond.wait()
             if not self._running:
                 return None
             take_frame = self._frames and (not self._questions or self._frames[0][0] < self._questions[0][0])
-            return (self._frames if take_frame else self._questions).popleft()[1]
+            _, item, arrived = (self._frames if take_frame else self._questions).popleft()
+            return item, arrived
 
     def _run(self) -> None:
-        while (item := self._next()) is not None:
+        while (taken := self._next()) is not None:
+            item, arrived = taken
             try:
                 if isinstance(item, TokenBatch):
+                    self.ms_waiting.add((time.monotonic() - arrived) * 1e3)
                     self._ingest(item)
                 else:
                     self._answer(item)

@@ -34,7 +34,7 @@ class VisionWorker(Generic[Item]):
         self._decode = decode
         self._on_batch = on_batch
         self._warn = ThrottledLog(warn)
-        self._slot: tuple[int, Item] | None = None
+        self._slot: tuple[int, Item, float] | None = None  # stamp, frame, monotonic arrival
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -45,6 +45,7 @@ class VisionWorker(Generic[Item]):
         self.dropped_invalid = 0  # could not be decoded
         self.failed = 0  # the encoder raised; logged, and the worker goes on
         self.ms_per_frame = RecentValues()  # decode + encode + hand-on
+        self.ms_waiting = RecentValues()  # arrival to the start of encoding: bounded by one frame's work
         self.tokens_per_frame = RecentValues()
         self.reuse_ratio = RecentValues()
         self.last_frame_monotonic = 0.0
@@ -78,7 +79,7 @@ class VisionWorker(Generic[Item]):
             if self._slot is not None:
                 self.dropped_busy += 1
                 self._warn("busy", f"encoder slower than the camera: {self.dropped_busy} frames dropped so far")
-            self._slot = (stamp_ns, item)
+            self._slot = (stamp_ns, item, time.monotonic())
             self._cond.notify()
         return True
 
@@ -93,6 +94,7 @@ class VisionWorker(Generic[Item]):
             "frames failed": self.failed,
             "ms per frame p50": round(self.ms_per_frame.percentile(50), 1),
             "ms per frame p95": round(self.ms_per_frame.percentile(95), 1),
+            "ms waiting p95": round(self.ms_waiting.percentile(95), 1),
             "tokens per frame": round(self.tokens_per_frame.mean(), 1),
             "delta-cache reuse ratio": round(self.reuse_ratio.mean(), 3),
         }
@@ -104,8 +106,9 @@ class VisionWorker(Generic[Item]):
                     self._cond.wait()
                 if not self._running:
                     return
-                stamp_ns, item = self._slot
+                stamp_ns, item, arrived = self._slot
                 self._slot = None
+            self.ms_waiting.add((time.monotonic() - arrived) * 1e3)
             self._process(stamp_ns, item)
 
     def _process(self, stamp_ns: int, item: Item) -> None:
