@@ -92,12 +92,17 @@ def test_malformed_compressed_images_are_counted_drops(nodes):
         msg.header.stamp.sec = BAG_START_S - 100 + sent  # whole seconds apart: each is sampled
         return msg
 
+    def dropped() -> float:
+        return probe.figure("encoder_node", "frames dropped (invalid)")
+
+    wait_for(lambda: dropped() == 0, 30, "diagnostics from the encoder")
     for i, data in enumerate(garbage, start=1):
-        publish_until(publisher, lambda _: message(data),
-                      lambda: probe.figure("encoder_node", "frames dropped (invalid)") >= i, 60,
+        before = dropped()
+        publish_until(publisher, lambda _: message(data), lambda: dropped() > before, 60,
                       f"the encoder to count malformed image {i}", period_s=3.0)
-    wait_for(lambda: probe.figure("encoder_node", "frames dropped (invalid)") == sent, 30,
-             f"every one of the {sent} malformed images sent to be counted")
+    # An image is sent again when it is not counted within 3 s: the copy before was lost on
+    # the way (best effort). Each one that arrived is counted, and none got through.
+    assert 2 <= dropped() <= sent
     assert probe.figure("encoder_node", "frames processed") == 0
 
 
