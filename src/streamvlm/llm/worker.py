@@ -117,6 +117,23 @@ class LanguageWorker:
             self._cond.notify()
         return True
 
+    def drop_invalid(self, reason: str) -> None:
+        """Count tokens the caller could not even turn into a batch (a malformed message)."""
+        with self._cond:
+            self.received += 1
+            self.dropped_invalid += 1
+        self._warn("invalid", f"dropped invalid vision tokens ({self.dropped_invalid} so far): {reason}")
+
+    def give_up(self, question: str, future: "Future[Answer]", error: str) -> Answer:
+        """The asker stopped waiting: the question is withdrawn if not started, and the refusal
+        is counted and published like any other. A started answer is still published when done."""
+        future.cancel()
+        answer = Answer(question, "", self.stage.newest_stamp_ns, 0.0, success=False, error=error)
+        with self._cond:
+            self.rejected += 1
+        self._publish(answer)
+        return answer
+
     def ask(self, question: str, max_new_tokens: int | None = None) -> "Future[Answer]":
         """Queue a question; the future resolves to its Answer (at once when refused)."""
         future: Future[Answer] = Future()
@@ -159,7 +176,8 @@ class LanguageWorker:
     def _refuse(self, question: str, error: str, future: "Future[Answer]") -> None:
         answer = Answer(question if isinstance(question, str) else "", "", self.stage.newest_stamp_ns, 0.0,
                         success=False, error=error)
-        self.rejected += 1
+        with self._cond:
+            self.rejected += 1
         future.set_result(answer)
         self._publish(answer)
 
@@ -203,10 +221,11 @@ class LanguageWorker:
             return  # the asker gave up waiting; nothing to answer
         answer = self.stage.ask(question.text, question.max_new_tokens)
         if answer.success:
-            self.answered += 1
+            self.answered += 1  # only this thread writes it
             self.answer_ms.add(answer.latency_ms)
         else:
-            self.rejected += 1
+            with self._cond:  # callers count refusals too
+                self.rejected += 1
         question.future.set_result(answer)
         self._publish(answer)
 

@@ -113,9 +113,9 @@ class LlmNode(StageNode):
             batch = convert.msg_to_batch(msg)
         except ValueError as err:
             if self.worker is not None:
-                self.worker.dropped_invalid += 1
-                self.worker.received += 1
-            self._warn("invalid", f"dropped a malformed vision_tokens message: {err}")
+                self.worker.drop_invalid(f"malformed vision_tokens message: {err}")
+            else:
+                self._warn("invalid", f"dropped a malformed vision_tokens message: {err}")
             return
         self.take_batch(batch)
 
@@ -135,11 +135,7 @@ class LlmNode(StageNode):
         try:
             answer = future.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
-            future.cancel()  # if the worker has not started on it, it never will
-            answer = Answer(request.question, "", worker.stage.newest_stamp_ns, timeout * 1e3, success=False,
-                            error=f"no answer within ask_timeout_s = {timeout} s")
-            worker.rejected += 1
-            self._publish_answer(answer)
+            answer = worker.give_up(request.question, future, f"no answer within ask_timeout_s = {timeout} s")
         return convert.fill_ask_response(response, answer)
 
     def _not_active(self, question: str) -> Answer:
