@@ -59,6 +59,29 @@ class LanguageConfig:
     caption_max_new_tokens: int = field(default=24, metadata={"help": "caption length limit", "range": (1, 1024)})
     max_question_chars: int = field(default=2000, metadata={
         "help": "longer questions are refused", "range": (1, 1_000_000)})
+    # Streaming KV cache (StreamingVLM's layout; defaults after its 512 + 512 text tokens, 16 s of vision).
+    kv_budget_tokens: int = field(default=8192, metadata={
+        "help": "KV cache size in tokens, preallocated (0: full attention, grows without bound; the reference)",
+        "range": (0, 1 << 24), "read_only": True})
+    sink_tokens: int = field(default=4, metadata={
+        "help": "first tokens of the stream kept forever (attention sinks)", "range": (0, 1 << 20)})
+    text_sink_tokens: int = field(default=512, metadata={
+        "help": "first text tokens after the sinks kept forever (system prompt, first turns)", "range": (0, 1 << 20)})
+    text_window_tokens: int = field(default=512, metadata={
+        "help": "most recent text tokens kept", "range": (0, 1 << 20)})
+    vision_window_s: float = field(default=16.0, metadata={
+        "help": "frames younger than this are kept, budget allowing (0: no time limit)", "range": (0.0, 86400.0)})
+    vision_window_frames: int = field(default=0, metadata={
+        "help": "at most this many frames are kept (0: no count limit)", "range": (0, 1 << 20)})
+    prefill_chunk_tokens: int = field(default=512, metadata={
+        "help": "longest run of tokens prefilled at once (bounds activation memory)", "range": (1, 1 << 16)})
+    temperature: float = field(default=0.0, metadata={
+        "help": "sampling temperature (0: greedy)", "range": (0.0, 100.0)})
+    top_p: float = field(default=1.0, metadata={
+        "help": "nucleus sampling: keep the most likely tokens up to this probability", "range": (0.0, 1.0)})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "divides the logits of tokens already in the question or answer (1: off)", "range": (0.01, 100.0)})
+    seed: int = field(default=0, metadata={"help": "sampling seed (answers are reproducible)", "range": (0, 2**31 - 1)})
 
 
 @dataclass(frozen=True)

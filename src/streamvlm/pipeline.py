@@ -34,7 +34,7 @@ class StreamingVLM:
         A frame whose stamp is not after the newest frame in the context (a looped bag, a
         clock jump) is dropped and counted: the context is in time order.
         """
-        if self.language.frame_stamps and stamp_ns <= self.language.newest_stamp_ns:
+        if self.language.has_frames and stamp_ns <= self.language.newest_stamp_ns:
             self.dropped_stale += 1
             if self.dropped_stale == 1 or self.dropped_stale % 100 == 0:
                 log.warning("dropped %d frames older than the newest in the context (stamp %d <= %d)",

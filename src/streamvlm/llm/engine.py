@@ -1,72 +1,160 @@
-"""Prefill and greedy decoding over the model's decoder with a plain, growing KV cache.
+"""Chunked prefill and decode for Llama-family decoders over the fixed-budget streaming cache.
 
-This is full attention: every token ever fed stays in the cache. It is the reference
-that the fixed-budget streaming cache, pruning and eviction are measured against, and it
-must equal the model's own offline forward over the same tokens.
+Runs the transformers model's own modules (norms, projections, MLP, rotary table) layer
+by layer, but owns attention and the cache: keys are written before RoPE into
+preallocated buffers (gpt-fast's static cache) and rotated at use for positions 0..L-1,
+which is what keeps positions contiguous after eviction (see `kv_cache`). Covers the
+decoders of LLaVA-OneVision (Qwen2), SmolVLM / SmolLM2 (Llama) and Qwen3 (per-head
+q/k norms). Qwen2-VL's M-RoPE needs 3-D positions per slot and is refused here until
+its adapter exists.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from transformers import DynamicCache
+import torch.nn.functional as F
+from torch import nn
 
-from streamvlm.models import VisionLanguageModel
-
-
-@dataclass
-class Generation:
-    token_ids: list[int]  # generated tokens, a final stop token included
-    first_logits: torch.Tensor  # [V] logits that chose the first token
-    stopped: bool  # ended on a stop token (else on the length limit)
+from streamvlm.llm.kv_cache import FRAME, TEXT, CacheLayout, KVBuffers, StreamingKVCache
 
 
-class FullAttentionEngine:
-    def __init__(self, model: VisionLanguageModel):
-        self.model = model
-        self.cache = DynamicCache()
-        self.length = 0  # tokens in the cache; also the next token's position
+class StreamingEngine:
+    """One stream's context: `prefill` frames and text, decode answers, evict by the layout."""
 
-    def reset(self) -> None:
-        self.cache = DynamicCache()
-        self.length = 0
+    def __init__(self, decoder: nn.Module, lm_head: nn.Module, layout: CacheLayout, prefill_chunk: int = 512):
+        config = decoder.config
+        _check_supported(config)
+        self.decoder = decoder
+        self.lm_head = lm_head
+        self.prefill_chunk = prefill_chunk
+        attn = decoder.layers[0].self_attn
+        self.q_heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = attn.head_dim
+        self.scaling = attn.scaling
+        weight = decoder.get_input_embeddings().weight
+        self.device, self.dtype = weight.device, weight.dtype
+        slots = layout.budget_tokens
+        self.cache = StreamingKVCache(layout, KVBuffers(
+            len(decoder.layers), self.kv_heads, self.head_dim, slots, self.dtype, self.device))
+        self.cos, self.sin = self._rotary_table(slots)  # [slots, head_dim] each
+        # Keys rotated for the current step, reused by every layer: no allocation per step.
+        self._rotated = torch.empty(self.kv_heads, slots, self.head_dim, dtype=self.dtype, device=self.device)
 
     @torch.inference_mode()
-    def prefill(self, embeds: torch.Tensor, logits: bool = True) -> torch.Tensor | None:
-        """Append embeddings [T, D] to the context; returns the last position's logits [V].
+    def _rotary_table(self, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # The model's own rotary module (with its scaling rule), evaluated once for every slot.
+        probe = torch.zeros(1, slots, 1, dtype=self.dtype, device=self.device)
+        positions = torch.arange(slots, device=self.device)[None]
+        cos, sin = self.decoder.rotary_emb(probe, positions)
+        return cos[0], sin[0]
 
-        With `logits=False` (frames, turn separators) the LM head is skipped: a hidden x
-        vocabulary matmul per call that nothing reads.
+    @property
+    def length(self) -> int:
+        """Tokens in the cache now."""
+        return self.cache.length
+
+    @property
+    def frame_stamps(self) -> list[int]:
+        return self.cache.policy.frame_stamps
+
+    @property
+    def room(self) -> int:
+        """The most tokens that could be appended at once (everything evictable evicted)."""
+        return self.cache.policy.room_for()
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    def make_room(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> None:
+        self.cache.make_room(incoming, kind, stamp_ns)
+
+    @torch.inference_mode()
+    def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
+                evict: bool = True, all_logits: bool = False) -> torch.Tensor | None:
+        """Append embeddings [T, D]; returns the last position's logits [V] ([T, V] with all_logits).
+
+        The LM head runs only where logits are read (a hidden x vocabulary matmul).
         """
-        embeds = embeds.to(self.model.device, self.model.dtype)[None]  # [1, T, D]
-        steps = embeds.shape[1]
-        positions = torch.arange(self.length, self.length + steps, device=self.model.device)[None]
-        out = self.model.decoder(
-            inputs_embeds=embeds, position_ids=positions, past_key_values=self.cache, use_cache=True
-        )
-        self.length += steps
-        if not logits:
-            return None
-        return self.model.lm_head(out.last_hidden_state[:, -1])[0].float()  # [V]
+        steps = embeds.shape[0]
+        if evict:
+            self.cache.make_room(steps, kind, stamp_ns)
+        start = self.cache.policy.append(FRAME if kind == FRAME else TEXT, steps, stamp_ns)
+        embeds = embeds.to(self.device, self.dtype)
+        outputs = []
+        for offset in range(0, steps, self.prefill_chunk):
+            chunk = embeds[offset:offset + self.prefill_chunk]
+            hidden = self._forward(chunk[None], start + offset)  # [1, t, D]
+            if all_logits:
+                outputs.append(self.lm_head(hidden)[0].float())
+            elif logits and offset + self.prefill_chunk >= steps:
+                outputs.append(self.lm_head(hidden[:, -1])[0].float())
+        if all_logits:
+            return torch.cat(outputs)
+        return outputs[0] if logits else None
 
-    def prefill_tokens(self, token_ids: torch.Tensor, logits: bool = True) -> torch.Tensor | None:
-        """Append token ids [T] (or [1, T]) to the context; returns the last logits [V]."""
-        return self.prefill(self.model.embed_tokens(token_ids.reshape(1, -1))[0], logits)
+    def prefill_tokens(self, token_ids: torch.Tensor, logits: bool = True, evict: bool = True,
+                       all_logits: bool = False) -> torch.Tensor | None:
+        """Append text token ids [T] (or [1, T]); returns the last logits [V]."""
+        ids = token_ids.reshape(1, -1).to(self.device)
+        embeds = self.decoder.get_input_embeddings()(ids)[0]
+        return self.prefill(embeds, logits, TEXT, evict=evict, all_logits=all_logits)
 
-    def generate_greedy(self, logits: torch.Tensor, max_new_tokens: int) -> Generation:
-        """Greedy decoding from `logits` (the prompt's last logits).
+    def _forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Hidden states [1, T, D] for tokens at slots start..start+T-1, written into the cache."""
+        steps = x.shape[1]
+        end = start + steps
+        group = self.q_heads // self.kv_heads
+        cos_q, sin_q = self.cos[start:end], self.sin[start:end]
+        mask = None
+        if steps > 1:
+            # Query i (slot start+i) sees slots 0..start+i. Rows are (group, T): the
+            # grouped query heads of one KV head share its keys without copying them.
+            slots = torch.arange(end, device=self.device)
+            mask = (slots[None] <= torch.arange(start, end, device=self.device)[:, None]).repeat(group, 1)
+        rotated = self._rotated[:, :end]
+        for index, layer in enumerate(self.decoder.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(steps, self.q_heads, self.head_dim)  # [T, Hq, d]
+            k = attn.k_proj(h).view(steps, self.kv_heads, self.head_dim)  # [T, Hkv, d]
+            v = attn.v_proj(h).view(steps, self.kv_heads, self.head_dim)
+            if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before RoPE
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            self.cache.buffers.write(index, start, k.transpose(0, 1), v.transpose(0, 1))
+            q = _rotate(q.transpose(0, 1), cos_q, sin_q)  # [Hq, T, d]
+            q = q.reshape(self.kv_heads, group * steps, self.head_dim)  # [Hkv, group*T, d]
+            _rotate_into(rotated, self.cache.buffers.keys[index, :, :end], self.cos[:end], self.sin[:end])
+            values = self.cache.buffers.values[index, :, :end]  # [Hkv, L, d]
+            out = F.scaled_dot_product_attention(q[None], rotated[None], values[None], attn_mask=mask,
+                                                 scale=self.scaling)  # [1, Hkv, group*T, d]
+            out = out.view(self.q_heads, steps, self.head_dim).transpose(0, 1).reshape(1, steps, -1)
+            x = x + attn.o_proj(out)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.decoder.norm(x)
 
-        The chosen tokens are fed back except the last one, as in HF generate: the cache
-        then holds everything up to, not including, the final token.
-        """
-        stops = self.model.stop_token_ids
-        first = logits
-        tokens: list[int] = []
-        for step in range(max_new_tokens):
-            token = int(torch.argmax(logits))
-            tokens.append(token)
-            if token in stops or step == max_new_tokens - 1:
-                break
-            logits = self.prefill_tokens(torch.tensor([token]))
-        return Generation(tokens, first, bool(tokens) and tokens[-1] in stops)
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as transformers' `apply_rotary_pos_emb`: x [H, T, d], cos/sin [T, d]."""
+    half = x.shape[-1] // 2
+    turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + turned * sin
+
+
+def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """`_rotate` written into `out` (same shape as x) without temporaries."""
+    half = x.shape[-1] // 2
+    torch.mul(x, cos, out=out)
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+
+
+def _check_supported(config) -> None:
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if "mrope_section" in rope:
+        raise NotImplementedError("M-RoPE (Qwen2-VL) decoders need 3-D positions per slot; not supported yet")
+    if getattr(config, "use_sliding_window", False):
+        raise NotImplementedError("sliding-window attention layers are not supported by the streaming engine")
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"}:
+        raise NotImplementedError(f"layer types {sorted(kinds)} are not supported; only full attention")

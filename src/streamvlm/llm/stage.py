@@ -11,18 +11,37 @@ import time
 
 import torch
 
-from streamvlm.config import PipelineConfig
-from streamvlm.llm.engine import FullAttentionEngine
+from streamvlm.config import LanguageConfig, PipelineConfig
+from streamvlm.llm.decoding import Sampling, generate
+from streamvlm.llm.engine import StreamingEngine
+from streamvlm.llm.kv_cache import FRAME, CacheLayout
+from streamvlm.llm.reference import FullAttentionEngine
 from streamvlm.models import VisionLanguageModel
 from streamvlm.types import Answer, Caption, TokenBatch
+
+
+def cache_layout(cfg: LanguageConfig) -> CacheLayout:
+    return CacheLayout(cfg.kv_budget_tokens, cfg.sink_tokens, cfg.text_sink_tokens, cfg.text_window_tokens,
+                       cfg.vision_window_s, cfg.vision_window_frames)
+
+
+def sampling(cfg: LanguageConfig) -> Sampling:
+    return Sampling(cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.seed)
+
+
+def make_engine(cfg: LanguageConfig, model: VisionLanguageModel) -> StreamingEngine | FullAttentionEngine:
+    """The streaming engine at the configured budget, or the full-attention reference at budget 0."""
+    if cfg.kv_budget_tokens == 0:
+        return FullAttentionEngine(model.decoder, model.lm_head)
+    return StreamingEngine(model.decoder, model.lm_head, cache_layout(cfg), cfg.prefill_chunk_tokens)
 
 
 class LanguageStage:
     def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel):
         self.cfg = cfg
         self.model = model
-        self.engine = FullAttentionEngine(model)
-        self.frame_stamps: list[int] = []  # frames in the context, oldest first
+        self.engine = make_engine(cfg.language, model)
+        self._newest_ns: int | None = None  # newest frame ingested (it may have left the cache since)
         self._started = False
         self._turn_has_frames = False
         self._caption_anchor_ns: int | None = None  # last caption's stamp (first frame before any)
@@ -30,7 +49,7 @@ class LanguageStage:
 
     def reset(self) -> None:
         self.engine.reset()
-        self.frame_stamps.clear()
+        self._newest_ns = None
         self._started = self._turn_has_frames = False
         self._caption_anchor_ns = self._caption_from_ns = None
 
@@ -38,6 +57,12 @@ class LanguageStage:
         """Take new run-time settings (the model section cannot change while running)."""
         if cfg.model != self.cfg.model:
             raise ValueError("the model settings are fixed while running; reconfigure the node to change them")
+        if cfg.language.kv_budget_tokens != self.cfg.language.kv_budget_tokens:
+            raise ValueError("language.kv_budget_tokens sizes the preallocated cache; it is fixed while running")
+        layout = cache_layout(cfg.language) if cfg.language.kv_budget_tokens else None  # validates the sizes
+        if isinstance(self.engine, StreamingEngine):
+            self.engine.cache.policy.layout = layout
+            self.engine.prefill_chunk = cfg.language.prefill_chunk_tokens
         self.cfg = cfg
 
     @property
@@ -46,17 +71,32 @@ class LanguageStage:
         return self.engine.length
 
     @property
+    def evicted_tokens(self) -> int:
+        """Tokens evicted from the KV cache since the start (0 for full attention)."""
+        return getattr(getattr(self.engine, "cache", None), "evicted_tokens", 0)
+
+    @property
+    def frame_stamps(self) -> list[int]:
+        """Stamps of the frames in the context now, oldest first."""
+        return list(self.engine.frame_stamps)
+
+    @property
+    def has_frames(self) -> bool:
+        """Whether any frame was ingested since the start or the last reset."""
+        return self._newest_ns is not None
+
+    @property
     def newest_stamp_ns(self) -> int:
-        return self.frame_stamps[-1] if self.frame_stamps else 0
+        return self._newest_ns or 0
 
     def ingest(self, batch: TokenBatch) -> None:
         """Prefill one frame's tokens into the context."""
         self.check_batch(batch)
-        if self.frame_stamps and batch.stamp_ns <= self.frame_stamps[-1]:
-            raise ValueError(f"frame stamp {batch.stamp_ns} is not after the newest {self.frame_stamps[-1]}")
+        if self._newest_ns is not None and batch.stamp_ns <= self._newest_ns:
+            raise ValueError(f"frame stamp {batch.stamp_ns} is not after the newest {self._newest_ns}")
         self._start()
-        self.engine.prefill(batch.embeddings, logits=False)
-        self.frame_stamps.append(batch.stamp_ns)
+        self.engine.prefill(batch.embeddings, logits=False, kind=FRAME, stamp_ns=batch.stamp_ns)
+        self._newest_ns = batch.stamp_ns
         self._turn_has_frames = True
         if self._caption_anchor_ns is None:
             self._caption_anchor_ns = batch.stamp_ns
@@ -67,19 +107,25 @@ class LanguageStage:
         """Answer from everything in the context; the question and answer stay in it."""
         start = time.perf_counter()
         error = self.question_error(question)
-        if not error and not self.frame_stamps:
+        if not error and not self.has_frames:
             error = "no camera frames received yet: nothing to answer from"
+        limit = max_new_tokens or self.cfg.language.max_new_tokens
+        prompt_ids = None
+        if not error:
+            self._start()
+            prompt_ids = self._question_ids(question)
+            error = self._reserve(prompt_ids.numel() + limit)
         if error:
             return Answer(question, "", self.newest_stamp_ns, 0.0, success=False, error=error)
-        limit = max_new_tokens or self.cfg.language.max_new_tokens
-        self._start()
-        logits = self._close_turn(question)
-        generation = self.engine.generate_greedy(logits, limit)
+        logits = self._close_turn(prompt_ids)
+        evidence = self.frame_stamps  # the frames this answer attends to
+        generation = generate(self.engine, logits, limit, self.model.stop_token_ids,
+                              sampling(self.cfg.language), prompt_ids)
         self._open_turn(generation.token_ids, generation.stopped)
         ids = [t for t in generation.token_ids if t not in self.model.stop_token_ids]
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
         latency = (time.perf_counter() - start) * 1e3
-        return Answer(question, text, self.newest_stamp_ns, latency, list(self.frame_stamps),
+        return Answer(question, text, self.newest_stamp_ns, latency, evidence,
                       token_ids=generation.token_ids, first_logits=generation.first_logits)
 
     def maybe_caption(self) -> Caption | None:
@@ -100,12 +146,26 @@ class LanguageStage:
             self.engine.prefill_tokens(self.model.tokenize(self.model.prompt.stream_prefix), logits=False)
             self._started = True
 
-    def _close_turn(self, question: str) -> torch.Tensor:
+    def _question_ids(self, question: str) -> torch.Tensor:
         prompt = self.model.prompt
-        if self._turn_has_frames and self.model.frames_end_embedding is not None:
-            self.engine.prefill(self.model.frames_end_embedding[None], logits=False)
-        text = prompt.question_prefix + question + prompt.question_suffix
-        return self.engine.prefill_tokens(self.model.tokenize(text))
+        return self.model.tokenize(prompt.question_prefix + question + prompt.question_suffix)[0]  # [T]
+
+    def _closes_frames(self) -> bool:
+        return self._turn_has_frames and self.model.frames_end_embedding is not None
+
+    def _reserve(self, tokens: int) -> str:
+        """Evict now for the whole question and answer, so decoding never evicts; or say why not."""
+        tokens += self._closes_frames()
+        if tokens > self.engine.room:
+            return (f"the question and answer need {tokens} tokens of KV cache; at most {self.engine.room} "
+                    f"can be freed (language.kv_budget_tokens = {self.cfg.language.kv_budget_tokens})")
+        self.engine.make_room(tokens)
+        return ""
+
+    def _close_turn(self, prompt_ids: torch.Tensor) -> torch.Tensor:
+        if self._closes_frames():
+            self.engine.prefill(self.model.frames_end_embedding[None], logits=False, evict=False)
+        return self.engine.prefill_tokens(prompt_ids, evict=False)
 
     def _open_turn(self, generated: list[int], stopped: bool) -> None:
         # The last generated token is not in the cache yet. A final stop token is the

@@ -1,0 +1,279 @@
+"""Fixed-budget streaming KV cache: StreamingVLM's layout over preallocated buffers.
+
+Layout (StreamingVLM, arXiv 2510.09608, sec. 3; attention sinks from StreamingLLM,
+arXiv 2309.17453), in slot order, which is also stream order:
+
+    [sinks][text sink][recent frames and recent text, interleaved as they arrived]
+
+- sinks: the first `sink_tokens` tokens of the stream, whatever they are. A frame that
+  reaches into them is kept whole, because a frame's tokens always leave together.
+- text sink: the first `text_sink_tokens` text tokens after the sinks (system prompt,
+  first questions and answers).
+- vision window: frames younger than `vision_window_s` (and at most
+  `vision_window_frames` of them, when that is set). Older frames leave whole.
+- text window: the most recent `text_window_tokens` text tokens; older text leaves
+  token by token, oldest first.
+- budget: never more than `budget_tokens` slots. When a window rule is not enough, the
+  oldest unpinned span (frame or text) leaves first.
+
+Position rule, written once here: the token in slot i has position i. Eviction closes
+the hole by moving later slots down, so positions stay contiguous and never grow. Keys
+are stored before RoPE and rotated at use (see `engine`), so moving a key needs no
+re-rotation and no rounding error builds up over hours of eviction. For M-RoPE
+(Qwen2-VL), `PositionShift` gives the uniform shift of the temporal/text index.
+
+`StreamingPolicy` is pure bookkeeping (no tensors, property-tested); `KVBuffers` holds
+the tensors; `StreamingKVCache` applies one to the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FRAME = "frame"
+TEXT = "text"
+
+
+class CacheFull(RuntimeError):
+    """The incoming tokens cannot fit even after evicting everything evictable."""
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """Sizes of the streaming layout, all in tokens except the vision window."""
+
+    budget_tokens: int = 8192
+    sink_tokens: int = 4
+    text_sink_tokens: int = 512
+    text_window_tokens: int = 512
+    vision_window_s: float = 16.0  # 0: no time limit
+    vision_window_frames: int = 0  # 0: no count limit
+
+    def __post_init__(self):
+        if self.budget_tokens <= 0:
+            raise ValueError("budget_tokens must be positive")
+        if min(self.sink_tokens, self.text_sink_tokens, self.text_window_tokens, self.vision_window_frames) < 0:
+            raise ValueError("token and frame counts must not be negative")
+        if self.sink_tokens + self.text_sink_tokens >= self.budget_tokens:
+            raise ValueError(
+                f"sink_tokens + text_sink_tokens ({self.sink_tokens + self.text_sink_tokens}) "
+                f"must leave room in budget_tokens ({self.budget_tokens})")
+
+
+@dataclass
+class Span:
+    """Consecutive slots holding one frame or one run of text."""
+
+    kind: str  # FRAME or TEXT
+    start: int  # first slot
+    length: int
+    stamp_ns: int = 0  # frames: camera stamp
+    pinned: bool = False  # sinks and text sink never leave
+
+
+class StreamingPolicy:
+    """Which slots hold what, and which leave when room is needed."""
+
+    def __init__(self, layout: CacheLayout):
+        self.layout = layout
+        self.spans: list[Span] = []
+        self.used = 0  # slots in use: 0..used-1
+        self.streamed = 0  # tokens ever appended
+        self.text_sink_used = 0  # text tokens pinned as the text sink so far
+
+    def reset(self) -> None:
+        self.spans.clear()
+        self.used = self.streamed = self.text_sink_used = 0
+
+    @property
+    def frame_stamps(self) -> list[int]:
+        """Stamps of the frames in the cache, oldest first."""
+        return [s.stamp_ns for s in self.spans if s.kind == FRAME]
+
+    def room_for(self) -> int:
+        """The most tokens one append could ever get (everything evictable gone)."""
+        pinned = sum(s.length for s in self.spans if s.pinned)
+        return self.layout.budget_tokens - pinned
+
+    def append(self, kind: str, length: int, stamp_ns: int = 0) -> int:
+        """Record `length` new tokens at the end; returns their first slot."""
+        if length <= 0:
+            raise ValueError("append needs at least one token")
+        if self.used + length > self.layout.budget_tokens:
+            raise CacheFull(f"{length} tokens do not fit: {self.used} of {self.layout.budget_tokens} in use")
+        start = self.used
+        sinks_left = max(0, self.layout.sink_tokens - self.streamed)
+        if kind == FRAME:
+            self._push(Span(FRAME, start, length, stamp_ns, pinned=sinks_left > 0))
+        else:
+            pinned = min(length, sinks_left)
+            text_sink = min(length - pinned, self.layout.text_sink_tokens - self.text_sink_used)
+            self.text_sink_used += text_sink
+            self._push(Span(TEXT, start, pinned + text_sink, pinned=True))
+            self._push(Span(TEXT, start + pinned + text_sink, length - pinned - text_sink))
+        self.used += length
+        self.streamed += length
+        return start
+
+    def _push(self, span: Span) -> None:
+        if span.length == 0:
+            return
+        last = self.spans[-1] if self.spans else None
+        if last and last.kind == TEXT == span.kind and last.pinned == span.pinned:
+            last.length += span.length  # adjacent text of the same class is one run
+        else:
+            self.spans.append(span)
+
+    def evict_for(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> list[tuple[int, int]]:
+        """Apply the window rules and the budget for `incoming` tokens about to arrive.
+
+        Returns the removed slot ranges as (start, length), ascending, in the slot
+        numbering from before the call; the buffers must close them the same way.
+        """
+        cut = [0] * len(self.spans)  # tokens leaving from the front of each span
+        evictable = [i for i, s in enumerate(self.spans) if not s.pinned]
+        frames = [i for i in evictable if self.spans[i].kind == FRAME]
+        texts = [i for i in evictable if self.spans[i].kind == TEXT]
+
+        # Vision window: by age against the newest frame, then by count.
+        stamps = [self.spans[i].stamp_ns for i in frames] + ([stamp_ns] if kind == FRAME else [])
+        newest = max(stamps, default=0)
+        window_ns = self.layout.vision_window_s * 1e9
+        count = len(frames) + (kind == FRAME)
+        for i in frames:
+            too_old = window_ns > 0 and newest - self.spans[i].stamp_ns >= window_ns
+            too_many = 0 < self.layout.vision_window_frames < count
+            if too_old or too_many:
+                cut[i] = self.spans[i].length
+                count -= 1
+
+        # Text window: the most recent text_window_tokens unpinned text tokens stay.
+        text = sum(self.spans[i].length for i in texts) + (incoming if kind == TEXT else 0)
+        self._trim_text(texts, cut, text - self.layout.text_window_tokens)
+
+        # Budget: the oldest evictable span leaves first.
+        over = self.used - sum(cut) + incoming - self.layout.budget_tokens
+        for i in evictable:
+            if over <= 0:
+                break
+            left = self.spans[i].length - cut[i]
+            take = left if self.spans[i].kind == FRAME else min(over, left)  # frames leave whole
+            cut[i] += take
+            over -= take
+        if over > 0:
+            raise CacheFull(f"{incoming} tokens do not fit in {self.layout.budget_tokens}: "
+                            f"{self.used - sum(cut)} pinned tokens stay")
+        return self._remove(cut)
+
+    def _trim_text(self, texts: list[int], cut: list[int], excess: int) -> None:
+        for i in texts:
+            if excess <= 0:
+                return
+            take = min(excess, self.spans[i].length - cut[i])
+            cut[i] += take
+            excess -= take
+
+    def _remove(self, cut: list[int]) -> list[tuple[int, int]]:
+        removed, kept, shift = [], [], 0
+        for span, n in zip(self.spans, cut):
+            if n:
+                removed.append((span.start, n))
+            if n < span.length:
+                # The kept tail starts where the span started, less everything removed before it.
+                kept.append(Span(span.kind, span.start - shift, span.length - n, span.stamp_ns, span.pinned))
+            shift += n
+        self.spans = kept
+        self.used -= shift
+        return removed
+
+    def check(self) -> None:
+        """Raise AssertionError unless the invariants hold (used by tests)."""
+        slot = 0
+        for span in self.spans:
+            assert span.start == slot and span.length > 0, (span, slot)
+            slot += span.length
+        assert slot == self.used <= self.layout.budget_tokens
+        stamps = self.frame_stamps
+        assert stamps == sorted(stamps)
+
+
+class KVBuffers:
+    """Preallocated keys (before RoPE) and values for every layer: [layers, kv_heads, slots, head_dim]."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, slots: int, dtype: torch.dtype,
+                 device: torch.device):
+        shape = (layers, kv_heads, slots, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+
+    def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """keys, values [kv_heads, T, head_dim] into slots start..start+T-1."""
+        end = start + keys.shape[1]
+        self.keys[layer, :, start:end].copy_(keys)
+        self.values[layer, :, start:end].copy_(values)
+
+    def close_gaps(self, removed: list[tuple[int, int]], used_before: int) -> None:
+        """Move the slots that stay down over the removed ranges, keeping their order."""
+        write, read = 0, 0
+        for start, length in [*removed, (used_before, 0)]:
+            if start > read:  # slots read..start-1 stay
+                if write != read:
+                    for buf in (self.keys, self.values):
+                        _move_down(buf, write, read, start - read)
+                write += start - read
+            read = start + length
+
+
+def _move_down(buf: torch.Tensor, dst: int, src: int, length: int) -> None:
+    # Copy slots src.. to dst.. (dst < src) along dim 2 in pieces no longer than the gap,
+    # so no piece overlaps its own source and no scratch buffer is needed.
+    gap = src - dst
+    for offset in range(0, length, gap):
+        n = min(gap, length - offset)
+        buf[:, :, dst + offset:dst + offset + n].copy_(buf[:, :, src + offset:src + offset + n])
+
+
+class StreamingKVCache:
+    """The policy and the buffers kept in step: evict, close the gaps, then append."""
+
+    def __init__(self, layout: CacheLayout, buffers: KVBuffers):
+        self.policy = StreamingPolicy(layout)
+        self.buffers = buffers
+        self.evicted_tokens = 0
+
+    @property
+    def length(self) -> int:
+        return self.policy.used
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self.evicted_tokens = 0
+
+    def make_room(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> list[tuple[int, int]]:
+        used_before = self.policy.used
+        removed = self.policy.evict_for(incoming, kind, stamp_ns)
+        if removed:
+            self.buffers.close_gaps(removed, used_before)
+            self.evicted_tokens += sum(n for _, n in removed)
+        return removed
+
+
+@dataclass(frozen=True)
+class PositionShift:
+    """M-RoPE (Qwen2-VL): positions are (temporal, height, width) triples; text has all
+    three equal, and a frame's triples start at the next free temporal index. When a
+    span leaves, every later token's three indices drop by the span's extent (its largest
+    index + 1 minus its first temporal index), which keeps them contiguous: the same
+    uniform shift that the 1-D rule gets by moving slots down."""
+
+    @staticmethod
+    def extent(positions: torch.Tensor) -> int:
+        """positions [3, T] of one span -> how many indices it occupies."""
+        return int(positions.max() - positions[0, 0]) + 1
+
+    @staticmethod
+    def shift(later: torch.Tensor, removed_extent: int) -> None:
+        """positions [3, T] of the tokens after a removed span, shifted in place."""
+        later -= removed_extent
