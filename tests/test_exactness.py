@@ -8,6 +8,7 @@ This is the reference that every later cache, pruning and eviction is measured a
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from streamvlm.config import PipelineConfig
@@ -19,9 +20,15 @@ QUESTION = "What is happening?"
 NEW_TOKENS = 8
 
 
-def _pipeline(model) -> StreamingVLM:
+# Both engines: the streaming one (default budget, nothing evicted in these short
+# streams) and the full-attention reference (budget 0).
+BUDGETS = pytest.mark.parametrize("budget", [8192, 0], ids=["streaming", "full"])
+
+
+def _pipeline(model, budget: int = 8192) -> StreamingVLM:
     cfg = PipelineConfig().replace(
-        model={"name": "tiny"}, vision={"fps": 0.0}, language={"caption_interval_s": 0.0}
+        model={"name": "tiny"}, vision={"fps": 0.0},
+        language={"caption_interval_s": 0.0, "kv_budget_tokens": budget},
     )
     return StreamingVLM(cfg, model)
 
@@ -48,8 +55,9 @@ def _assert_meaningful_greedy(logits: torch.Tensor) -> None:
     assert float(top2[0] - top2[1]) > 10 * ATOL
 
 
-def test_streaming_equals_offline_forward_and_generate(tiny_model, frames):
-    vlm = _pipeline(tiny_model)
+@BUDGETS
+def test_streaming_equals_offline_forward_and_generate(tiny_model, frames, budget):
+    vlm = _pipeline(tiny_model, budget)
     for i, frame in enumerate(frames):
         assert vlm.push(frame, (i + 1) * 10**9) is None  # captions are off
     answer = vlm.ask(QUESTION, max_new_tokens=NEW_TOKENS)
@@ -68,9 +76,10 @@ def test_streaming_equals_offline_forward_and_generate(tiny_model, frames):
     assert answer.success and answer.evidence_ns == [10**9, 2 * 10**9, 3 * 10**9]
 
 
-def test_second_turn_continues_the_same_context(tiny_model, frames):
+@BUDGETS
+def test_second_turn_continues_the_same_context(tiny_model, frames, budget):
     """Frames after an answer open a new user turn; a second question then sees everything."""
-    vlm = _pipeline(tiny_model)
+    vlm = _pipeline(tiny_model, budget)
     first, second = frames[:2], frames[1:]
     for i, frame in enumerate(first):
         vlm.push(frame, (i + 1) * 10**9)

@@ -176,15 +176,15 @@ class StreamingPolicy:
             excess -= take
 
     def _remove(self, cut: list[int]) -> list[tuple[int, int]]:
-        removed, kept, shift = [], [], 0
-        for span, n in zip(self.spans, cut):
+        removed, spans, shift = [], self.spans, 0
+        self.spans = []
+        for span, n in zip(spans, cut):
             if n:
                 removed.append((span.start, n))
             if n < span.length:
                 # The kept tail starts where the span started, less everything removed before it.
-                kept.append(Span(span.kind, span.start - shift, span.length - n, span.stamp_ns, span.pinned))
+                self._push(Span(span.kind, span.start - shift, span.length - n, span.stamp_ns, span.pinned))
             shift += n
-        self.spans = kept
         self.used -= shift
         return removed
 

@@ -1,0 +1,65 @@
+"""A deliberately plain reference for the streaming cache after eviction, built on transformers.
+
+"Full attention over exactly the kept tokens at contiguous positions": every new run of
+tokens goes through transformers' own decoder, with a DynamicCache assembled from the
+kept tokens' keys and values rotated to positions 0..L-1. A kept token's keys and values
+are the ones it got when it arrived (that is what any KV cache keeps: recomputing them
+would need the evicted context), stored un-rotated so they can move. Nothing here shares
+code with the engine: lists, `torch.cat`, transformers' RoPE and attention.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+
+class KeptTokensReference:
+    def __init__(self, decoder, lm_head):
+        self.decoder = decoder
+        self.lm_head = lm_head
+        layers = len(decoder.layers)
+        self.keys: list[torch.Tensor | None] = [None] * layers  # [1, Hkv, L, d] before RoPE
+        self.values: list[torch.Tensor | None] = [None] * layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def _rope(self, length_from: int, length_to: int, inverse: bool = False):
+        positions = torch.arange(length_from, length_to)[None]
+        probe = torch.zeros(1, 1, dtype=self.decoder.get_input_embeddings().weight.dtype)
+        cos, sin = self.decoder.rotary_emb(probe, positions)
+        return cos, (-sin if inverse else sin)
+
+    def _rotate(self, keys: torch.Tensor, start: int, inverse: bool = False) -> torch.Tensor:
+        cos, sin = self._rope(start, start + keys.shape[2], inverse)
+        return apply_rotary_pos_emb(keys, keys, cos, sin)[1]
+
+    @torch.inference_mode()
+    def feed(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Embeddings [T, D] after the kept tokens; returns logits [T, V]."""
+        start, steps = self.length, embeds.shape[0]
+        cache = DynamicCache()
+        if start:
+            for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+                cache.update(self._rotate(k, 0), v, layer)
+        out = self.decoder(inputs_embeds=embeds[None], position_ids=torch.arange(start, start + steps)[None],
+                           past_key_values=cache, use_cache=True)
+        for layer in range(len(self.keys)):
+            new_k = cache.layers[layer].keys[:, :, start:]  # rotated at start..start+T-1 by transformers
+            new_v = cache.layers[layer].values[:, :, start:]
+            new_k = self._rotate(new_k, start, inverse=True)
+            self.keys[layer] = new_k if not start else torch.cat([self.keys[layer], new_k], dim=2)
+            self.values[layer] = new_v if not start else torch.cat([self.values[layer], new_v], dim=2)
+        return self.lm_head(out.last_hidden_state)[0].float()
+
+    def evict(self, removed: list[tuple[int, int]]) -> None:
+        """Drop slot ranges (start, length), numbered as before the eviction."""
+        if not removed:
+            return
+        gone = {slot for start, n in removed for slot in range(start, start + n)}
+        keep = torch.tensor([i for i in range(self.length) if i not in gone], dtype=torch.long)
+        self.keys = [k.index_select(2, keep) for k in self.keys]
+        self.values = [v.index_select(2, keep) for v in self.values]

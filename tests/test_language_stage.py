@@ -1,0 +1,84 @@
+"""LanguageStage over the streaming cache: hours of frames at a fixed budget, answers with
+the frames they saw as evidence, and refusals that say why."""
+
+from __future__ import annotations
+
+import torch
+from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+
+from streamvlm.config import PipelineConfig
+from streamvlm.llm.decoding import Sampling, transform_logits
+from streamvlm.llm.stage import LanguageStage
+from streamvlm.types import TokenBatch
+
+S = 10**9
+
+
+def _stage(model, **language) -> LanguageStage:
+    cfg = PipelineConfig().replace(model={"name": "tiny"}, language={"caption_interval_s": 0.0, **language})
+    return LanguageStage(cfg, model)
+
+
+def _batch(model, stamp_ns: int, tokens: int = 196) -> TokenBatch:
+    g = torch.Generator().manual_seed(stamp_ns // S)
+    hidden = model.decoder.config.hidden_size
+    return TokenBatch(stamp_ns, 0, torch.randn(tokens, hidden, generator=g) * 0.02, torch.arange(tokens),
+                      (14, 14), model="tiny")
+
+
+def test_a_long_stream_stays_within_the_budget_and_answers_from_the_window(tiny_model):
+    stage = _stage(tiny_model, kv_budget_tokens=2048, vision_window_s=4.0, text_sink_tokens=64,
+                   text_window_tokens=64, max_new_tokens=8)
+    pointer = stage.engine.cache.buffers.keys.data_ptr()
+    # The tiny model's stream prefix is 2 tokens, so the first frame holds sinks 2 and 3
+    # and stays (a frame leaves whole); a real chat template's system prompt covers the sinks.
+    assert len(tiny_model.tokenize(tiny_model.prompt.stream_prefix)[0]) < 4
+    for second in range(1, 201):
+        stage.ingest(_batch(tiny_model, second * S))
+        assert stage.context_tokens <= 2048
+        if second % 50 == 0:
+            answer = stage.ask("What happened?")
+            assert answer.success, answer.error
+            assert answer.evidence_ns == [S] + [s * S for s in range(second - 3, second + 1)]  # sink + 4 s window
+    assert stage.frame_stamps == [S, 197 * S, 198 * S, 199 * S, 200 * S]
+    assert stage.evicted_tokens > 190 * 196
+    assert stage.engine.cache.buffers.keys.data_ptr() == pointer
+
+
+def test_a_question_too_long_for_the_budget_is_refused_with_the_reason(tiny_model):
+    stage = _stage(tiny_model, kv_budget_tokens=600, text_sink_tokens=32, max_question_chars=100_000)
+    stage.ingest(_batch(tiny_model, S))
+    before = stage.context_tokens
+    answer = stage.ask("why " * 400, max_new_tokens=16)
+    assert not answer.success and "kv_budget_tokens" in answer.error and "need" in answer.error
+    assert stage.context_tokens == before  # nothing was evicted for a refused question
+    assert stage.ask("why?", max_new_tokens=4).success
+
+
+def test_window_settings_change_while_running_but_the_budget_does_not(tiny_model):
+    stage = _stage(tiny_model, kv_budget_tokens=4096, sink_tokens=0, vision_window_s=0.0, vision_window_frames=10)
+    for second in range(1, 9):
+        stage.ingest(_batch(tiny_model, second * S))
+    stage.reconfigure(stage.cfg.replace(language={"vision_window_frames": 3}))
+    stage.ingest(_batch(tiny_model, 9 * S))
+    assert stage.frame_stamps == [7 * S, 8 * S, 9 * S]
+    for bad in ({"kv_budget_tokens": 8192}, {"text_sink_tokens": 4096}):
+        try:
+            stage.reconfigure(stage.cfg.replace(language=bad))
+        except ValueError as err:
+            assert "kv_budget_tokens" in str(err) or "budget" in str(err)
+        else:
+            raise AssertionError(f"{bad} was accepted")
+
+
+def test_sampling_transforms_equal_transformers_processors():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 500, generator=g) * 4
+    seen = torch.randint(0, 500, (1, 40), generator=g)
+    for temperature, top_p, penalty in [(0.7, 0.9, 1.3), (1.5, 0.5, 0.8), (1.0, 1.0, 1.0), (0.3, 0.05, 2.0)]:
+        expected = logits.clone()
+        for processor in (RepetitionPenaltyLogitsProcessor(penalty), TemperatureLogitsWarper(temperature),
+                          TopPLogitsWarper(top_p)):
+            expected = processor(seen, expected)
+        ours = transform_logits(logits[0], seen[0], Sampling(temperature, top_p, penalty))
+        torch.testing.assert_close(ours, expected[0])
