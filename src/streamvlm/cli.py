@@ -4,6 +4,7 @@
     streamvlm video FILE [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
     streamvlm play BAG [--topic T] [--to TOPIC] [--rate R] [--loop] [--wait S]   (needs rclpy)
     streamvlm diagnostics [--duration S] [--json]                                (needs rclpy)
+    streamvlm bench lm-stream|kv|decode [options] [--json]                       (see bench BENCH -h)
 
 A question given with --at S is asked once every frame up to S seconds of stream time
 (since the first frame) has been taken in; one without --at is asked at the end.
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="stop after SECONDS (default: until Ctrl-C)")
     diagnostics.add_argument("--json", action="store_true", help="one JSON object per report")
     diagnostics.set_defaults(run=_run_diagnostics)
+    from streamvlm import bench
+
+    bench.add_parser(commands)
     return parser
 
 

@@ -1,0 +1,75 @@
+"""`streamvlm bench ...`: compared modes run side by side in one process; ratios printed.
+
+Each benchmark is a module with `run(args) -> dict`, imported only when it runs (they
+pull in torch and transformers); its options are declared here so `streamvlm -h` stays
+fast. The result is printed as JSON with --json, else as aligned `name  value` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+
+
+def _lm_stream(p) -> None:
+    p.add_argument("--tokens", type=int, default=20000, help="tokens of text streamed (default 20000)")
+    p.add_argument("--budget", type=int, default=1024, help="KV budget of the streamed caches, tokens")
+    p.add_argument("--sinks", type=int, default=4, help="attention sinks kept by sinks + window")
+    p.add_argument("--chunk", type=int, default=32, help="tokens fed at once")
+    p.add_argument("--model", default="smollm2", help="'smollm2' or a causal LM directory / HF id")
+    p.add_argument("--text", type=Path, help="text file (default: the system's license texts)")
+
+
+def _kv(p) -> None:
+    p.add_argument("--frames", type=int, default=5000, help="frames streamed through the budgeted cache")
+    p.add_argument("--model", default="tiny", help="vision-language model whose decoder runs (default tiny)")
+    p.add_argument("--tokens-per-frame", type=int, default=196)
+    p.add_argument("--budget", type=int, default=8192, help="KV budget, tokens")
+    p.add_argument("--fps", type=float, default=1.0, help="stream rate the frame stamps follow")
+    p.add_argument("--question-every", type=int, default=0, metavar="N",
+                   help="ask a question every N frames (0: frames only); answers are not timed")
+    p.add_argument("--baseline-max-mb", type=float, default=32.0,
+                   help="the full-attention baseline stops when its KV cache passes this size")
+
+
+def _decode(p) -> None:
+    p.add_argument("--model", default="smollm2", help="'smollm2', 'tiny', or a causal LM directory / HF id")
+    p.add_argument("--context", type=int, default=512, help="prompt tokens before decoding")
+    p.add_argument("--tokens", type=int, default=64, help="tokens decoded per run")
+    p.add_argument("--repeats", type=int, default=5, help="runs of each, interleaved; medians reported")
+
+
+# name -> (module, arguments, help)
+BENCHES = {
+    "lm-stream": ("streamvlm.bench.lm_stream", _lm_stream,
+                  "streaming perplexity: full attention vs window vs sinks + window"),
+    "kv": ("streamvlm.bench.kv", _kv, "per-frame ingest latency and memory over a long stream, budgeted vs full"),
+    "decode": ("streamvlm.bench.decode", _decode, "decode ms per token: this engine vs transformers generate"),
+}
+
+
+def add_parser(commands) -> None:
+    bench = commands.add_parser("bench", help="benchmarks (compared modes in one run, ratios printed)")
+    benches = bench.add_subparsers(required=True, metavar="BENCH")
+    for name, (module, arguments, text) in BENCHES.items():
+        sub = benches.add_parser(name, help=text, description=text)
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        arguments(sub)
+        sub.set_defaults(run=_runner(module))
+
+
+def _runner(module: str):
+    def run(args: argparse.Namespace) -> int:
+        result = importlib.import_module(module).run(args)
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            width = max(len(k) for k in result)
+            for key, value in result.items():
+                print(f"{key:<{width}}  {value}", flush=True)
+        return 0
+
+    return run

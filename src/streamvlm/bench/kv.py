@@ -1,0 +1,137 @@
+"""Does the LLM stage run at constant cost and memory over a long stream?
+
+Frames of random visual tokens (the decoder cost does not depend on their values) are
+ingested through LanguageStage (with a question every `--question-every` frames, when
+set; its answer is not timed), first with the
+fixed-budget streaming cache for `--frames` frames, then with the full-attention
+baseline, which stops once its KV cache passes `--baseline-max-mb`. Process memory is
+compared after warm-up (frame 150) and at the end. Per-frame ingest latency is compared
+late (the stream's next 50 frames) and early (frames 100-149 of a second, fresh stage of
+the same kind), the two fed alternately, frame by frame, so that the load of a shared
+machine falls on both alike. The one stream's own medians of frames 75-124 and of its
+last 50 are reported too (`early_ms`, `late_ms`).
+
+Per-frame cost follows the tokens in the cache. With frames only, the cache is at its
+steady size once the vision window is full (16 frames at the defaults). Questions add
+text until the text sink and text window are full (1024 tokens at the defaults, dozens
+of questions), so with them the cost still rises after frame 100, up to the budget;
+`context_tokens_early` and `context_tokens_end` show how much.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from streamvlm.bench.measure import median, progress, rss_bytes
+from streamvlm.config import PipelineConfig
+from streamvlm.llm.stage import LanguageStage
+from streamvlm.models import load_model
+from streamvlm.types import TokenBatch
+
+WARM_UP = 150
+EARLY = slice(75, 125)
+LATE = 50
+INTERLEAVED = range(100, 150)  # the early stage's frames, fed alternately with the late stage's
+
+
+def run(args) -> dict:
+    if args.frames < 2 * WARM_UP:
+        raise ValueError(f"--frames must be at least {2 * WARM_UP}")
+    base = PipelineConfig().replace(model={"name": args.model, "fallback_to_tiny": False},
+                                    language={"caption_interval_s": 0.0, "max_new_tokens": 8})
+    model = load_model(base.model)
+    kv_bytes_per_token = _kv_bytes_per_token(model.decoder)
+    cap_tokens = int(args.baseline_max_mb * 2**20 / kv_bytes_per_token)
+    results = {}
+    for name, budget, cap in (("budgeted", args.budget, None), ("baseline", 0, cap_tokens)):
+        cfg = base.replace(language={"kv_budget_tokens": budget})
+        label = "budgeted" if budget else "full attention"
+        feed = _Feeder(args, model.decoder.config.hidden_size)
+        late = LanguageStage(cfg, model)
+        results[name] = _stream(late, feed, args.frames, cap, label)
+        results[name]["interleaved_ratio"] = _interleaved(late, LanguageStage(cfg, model), feed)
+    budgeted, full = results["budgeted"], results["baseline"]
+    return {
+        "latency_ratio": budgeted["interleaved_ratio"],
+        "memory_growth": budgeted["memory_growth"],
+        "baseline_latency_ratio": full["interleaved_ratio"],
+        "baseline_memory_growth": full["memory_growth"],
+        "frames": args.frames,
+        "budgeted": budgeted,
+        "baseline": full,
+        "model": args.model,
+        "tokens_per_frame": args.tokens_per_frame,
+        "budget": args.budget,
+        "question_every": args.question_every,
+        "kv_bytes_per_token": kv_bytes_per_token,
+    }
+
+
+class _Feeder:
+    """Feeds frame i of the stream to a stage and times its ingest."""
+
+    def __init__(self, args, hidden: int):
+        self.args, self.hidden = args, hidden
+        self.generator = torch.Generator().manual_seed(0)
+        self.period_ns = int(1e9 / args.fps)
+
+    def __call__(self, stage: LanguageStage, i: int) -> float:
+        tokens = self.args.tokens_per_frame
+        embeddings = torch.randn(tokens, self.hidden, generator=self.generator) * 0.02
+        batch = TokenBatch((i + 1) * self.period_ns, i, embeddings, torch.arange(tokens), (14, 14),
+                           model=stage.model.name)
+        start = time.perf_counter()
+        stage.ingest(batch)
+        ms = (time.perf_counter() - start) * 1e3
+        if self.args.question_every and (i + 1) % self.args.question_every == 0:
+            stage.ask("What happened?")
+        return ms
+
+
+def _interleaved(late: LanguageStage, early: LanguageStage, feed: _Feeder) -> float:
+    """Median late / median early ingest time, the two stages fed alternately."""
+    for i in range(INTERLEAVED.start):
+        feed(early, i)
+    offset = late.newest_stamp_ns // feed.period_ns
+    late_ms, early_ms = [], []
+    for i in INTERLEAVED:
+        late_ms.append(feed(late, offset + i - INTERLEAVED.start))
+        early_ms.append(feed(early, i))
+    return round(median(late_ms) / median(early_ms), 3)
+
+
+def _stream(stage: LanguageStage, feed: _Feeder, frames: int, cap_tokens: int | None, label: str) -> dict:
+    latencies, rss_warm, context_early = [], None, None
+    bar = progress(frames, label)
+    for i in range(frames):
+        latencies.append(feed(stage, i))
+        if i + 1 == EARLY.start + 25:
+            context_early = stage.context_tokens
+        if i + 1 == WARM_UP:
+            rss_warm = rss_bytes()
+        bar.update()
+        if cap_tokens is not None and stage.context_tokens > cap_tokens:
+            break
+    bar.close()
+    rss_end = rss_bytes()
+    done = len(latencies)
+    return {
+        "frames": done,
+        "early_ms": round(median(latencies[EARLY]), 3),
+        "late_ms": round(median(latencies[-LATE:]), 3) if done > WARM_UP else None,
+        "memory_growth": round((rss_end - rss_warm) / rss_warm, 4) if rss_warm else None,
+        "rss_mb_after_warm_up": round(rss_warm / 2**20, 1) if rss_warm else None,
+        "rss_mb_end": round(rss_end / 2**20, 1),
+        "context_tokens_early": context_early,
+        "context_tokens_end": stage.context_tokens,
+        "stopped_at_memory_cap": cap_tokens is not None and done < frames,
+    }
+
+
+def _kv_bytes_per_token(decoder) -> int:
+    config = decoder.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = decoder.get_input_embeddings().weight.element_size()
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element

@@ -1,0 +1,43 @@
+"""Small measuring helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (Linux); peak resident memory elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def median(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
+class Timer:
+    """`with Timer() as t: ...` then `t.ms`."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ms = (time.perf_counter() - self.start) * 1e3
+
+
+def progress(total: int, label: str):
+    """A progress bar on stderr when it is a terminal; silent otherwise (logs, CI)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="", leave=False, disable=not sys.stderr.isatty())
