@@ -103,7 +103,7 @@ def test_random_streams_keep_the_budget_and_the_layout(layout, stream):
     stamp = 0
     _feed(policy, shadow, TEXT, 6)  # the stream prefix (system prompt)
     for kind, n, extra in stream:
-        if n > policy.room_for():
+        if n > policy.max_room():
             with pytest.raises(CacheFull):
                 policy.evict_for(n, TEXT)
             continue
@@ -116,7 +116,7 @@ def test_random_streams_keep_the_budget_and_the_layout(layout, stream):
             _check(policy, shadow, TEXT, n)
         else:  # a question of n tokens, then an answer of up to `extra` tokens, room reserved once
             answer = extra
-            if n + answer > policy.room_for():
+            if n + answer > policy.max_room():
                 continue
             shadow.remove(policy.evict_for(n + answer, TEXT))
             _feed(policy, shadow, TEXT, n, evict=False)
@@ -134,7 +134,8 @@ def test_sinks_survive_any_number_of_evictions():
         _feed(policy, shadow, FRAME, 30, i * S)
         if i % 7 == 0:
             _feed(policy, shadow, TEXT, 9)
-    assert [i for i, _, _ in shadow.slots[:14]] == list(range(12)) + [12 + 30 * 7, 13 + 30 * 7]  # + the first 2 tokens of text after frame 7
+    # The 12 first tokens, then the first 2 text tokens after frame 7 complete the text sink.
+    assert [i for i, _, _ in shadow.slots[:14]] == list(range(12)) + [12 + 30 * 7, 13 + 30 * 7]
     assert policy.spans[0].pinned and policy.spans[0].length == 14  # 4 sinks + a 10-token text sink
     assert len(policy.frame_stamps) == 3  # the 3 s vision window at 1 fps
 

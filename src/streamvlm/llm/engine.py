@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamvlm.llm.kv_cache import FRAME, TEXT, CacheLayout, KVBuffers, StreamingKVCache
+from streamvlm.llm.kv_cache import TEXT, CacheLayout, KVBuffers, StreamingKVCache
 
 
 class StreamingEngine:
@@ -61,7 +61,7 @@ class StreamingEngine:
     @property
     def room(self) -> int:
         """The most tokens that could be appended at once (everything evictable evicted)."""
-        return self.cache.policy.room_for()
+        return self.cache.policy.max_room()
 
     def reset(self) -> None:
         self.cache.reset()
@@ -79,7 +79,7 @@ class StreamingEngine:
         steps = embeds.shape[0]
         if evict:
             self.cache.make_room(steps, kind, stamp_ns)
-        start = self.cache.policy.append(FRAME if kind == FRAME else TEXT, steps, stamp_ns)
+        start = self.cache.policy.append(kind, steps, stamp_ns)
         embeds = embeds.to(self.device, self.dtype)
         outputs = []
         for offset in range(0, steps, self.prefill_chunk):

@@ -92,7 +92,7 @@ class StreamingPolicy:
         """Stamps of the frames in the cache, oldest first."""
         return [s.stamp_ns for s in self.spans if s.kind == FRAME]
 
-    def room_for(self) -> int:
+    def max_room(self) -> int:
         """The most tokens one append could ever get (everything evictable gone)."""
         pinned = sum(s.length for s in self.spans if s.pinned)
         return self.layout.budget_tokens - pinned
@@ -101,6 +101,8 @@ class StreamingPolicy:
         """Record `length` new tokens at the end; returns their first slot."""
         if length <= 0:
             raise ValueError("append needs at least one token")
+        if kind not in (FRAME, TEXT):
+            raise ValueError(f"kind must be {FRAME!r} or {TEXT!r}, got {kind!r}")
         if self.used + length > self.layout.budget_tokens:
             raise CacheFull(f"{length} tokens do not fit: {self.used} of {self.layout.budget_tokens} in use")
         start = self.used
