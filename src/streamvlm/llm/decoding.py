@@ -54,6 +54,7 @@ def transform_logits(logits: torch.Tensor, seen: torch.Tensor, sampling: Samplin
 
 
 def next_token(logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """The chosen id; logits [V] stay on their device and only the id comes back."""
     if sampling.temperature <= 0:
         if sampling.repetition_penalty == 1.0:
             return int(torch.argmax(logits))
@@ -69,19 +70,27 @@ def generate(engine: Engine, logits: torch.Tensor, max_new_tokens: int, stops: f
     The chosen tokens are fed back except the last one, as in HF generate: the cache then
     holds everything up to, not including, the final token. The caller has made room for
     `max_new_tokens`; decode steps never evict (an eviction per token would move the
-    whole cache per token).
+    whole cache per token). The repetition penalty sees `prompt_ids` and the answer so far.
     """
+    device = logits.device
     generator = None
     if sampling.temperature > 0:
-        generator = torch.Generator(device="cpu").manual_seed(sampling.seed)
-    seen = prompt_ids.reshape(-1).cpu() if prompt_ids is not None else torch.empty(0, dtype=torch.long)
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    prompt = prompt_ids.reshape(-1).to(device) if prompt_ids is not None else torch.empty(0, dtype=torch.long)
+    seen = torch.empty(0, dtype=torch.long, device=device)
+    if sampling.repetition_penalty != 1.0:  # written by index: no growing tensor per step
+        seen = torch.empty(prompt.numel() + max_new_tokens, dtype=torch.long, device=device)
+        seen[:prompt.numel()] = prompt
+    known = prompt.numel()
     first = logits
     tokens: list[int] = []
     for step in range(max_new_tokens):
-        token = next_token(logits.float().cpu(), seen, sampling, generator)
+        token = next_token(logits, seen[:known], sampling, generator)
         tokens.append(token)
         if token in stops or step == max_new_tokens - 1:
             break
-        seen = torch.cat([seen, torch.tensor([token])])
+        if seen.numel():
+            seen[known] = token
+            known += 1
         logits = engine.prefill_tokens(torch.tensor([token]), evict=False)
     return Generation(tokens, first, bool(tokens) and tokens[-1] in stops)
