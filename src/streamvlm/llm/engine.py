@@ -59,6 +59,10 @@ class StreamingEngine:
         return self.cache.policy.frame_stamps
 
     @property
+    def evicted_tokens(self) -> int:
+        return self.cache.evicted_tokens
+
+    @property
     def room(self) -> int:
         """The most tokens that could be appended at once (everything evictable evicted)."""
         return self.cache.policy.max_room()

@@ -23,6 +23,7 @@ class FullAttentionEngine:
         self.cache = DynamicCache()
         self.length = 0  # tokens in the cache; also the next token's position
         self.frame_stamps: list[int] = []
+        self.evicted_tokens = 0  # never evicts
 
     @property
     def room(self) -> int:

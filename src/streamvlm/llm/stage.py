@@ -73,7 +73,7 @@ class LanguageStage:
     @property
     def evicted_tokens(self) -> int:
         """Tokens evicted from the KV cache since the start (0 for full attention)."""
-        return getattr(getattr(self.engine, "cache", None), "evicted_tokens", 0)
+        return self.engine.evicted_tokens
 
     @property
     def frame_stamps(self) -> list[int]:
@@ -104,7 +104,7 @@ class LanguageStage:
             self._caption_from_ns = batch.stamp_ns
 
     def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
-        """Answer from everything in the context; the question and answer stay in it."""
+        """Answer from what the context holds now; the question and answer stay in it."""
         start = time.perf_counter()
         error = self.question_error(question)
         if not error and not self.has_frames:
