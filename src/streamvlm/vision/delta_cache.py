@@ -1,0 +1,278 @@
+"""Delta-token ViT cache: skip the work on image patches that did not change.
+
+Two modes over the same split tower (`VisionTower`):
+
+`stc` follows STC-Cacher (lern-to-write/STC, "STC: Streaming Token Compression"): every
+`refresh` frames the ViT runs fully and keeps, per layer, the reference keys, values,
+attention output and MLP output. On the frames between, each layer normalizes all
+tokens and computes their keys, picks the `update_ratio` tokens whose key moved most
+from the reference (lowest cosine), computes queries, values, attention and MLP for
+those alone, and scatters them into the cached outputs; the other tokens take their
+current residual plus the cached attention and MLP outputs.
+
+`threshold` is ours. On a static camera most patches do not change at all, so a fixed
+ratio wastes work and a per-layer choice costs a key projection of every token in every
+layer. Instead the dynamic tokens are chosen once, from the pixels: a patch is dynamic
+when its mean absolute change since the pixels its cached values were computed from
+passes `threshold`. Only those tokens go through the layers (queries, keys, values,
+attention over all tokens' cached keys and values, MLP); their new keys and values go
+back into the cache. Static tokens keep their cached values outright. That ignores how
+the changed tokens would have changed the static ones through attention; the share of
+tokens changed since the last full pass (`drift`) bounds it, and passing
+`drift_bound` runs the full ViT again. A frame with no dynamic patch returns the
+previous output, and one with more than `full_above` dynamic runs the full ViT (the
+partial pass would cost more).
+
+Lossless settings, where the output equals the full ViT: `stc` with update_ratio 1;
+`threshold` with drift_bound 0 (any change runs the full ViT); and the partial pass
+itself with every token dynamic (threshold below 0).
+
+The partial layer (`layer_on_subset`) is one graph with a variable token count: inputs
+x_sel [1, n, C], their indices [n] and the cached keys/values [1, H, P, d]; the export
+backends build on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from streamvlm.models.base import VisionTower
+
+MODES = ("off", "stc", "threshold")
+
+
+@dataclass(frozen=True)
+class DeltaSettings:
+    mode: str = "threshold"
+    threshold: float = 0.03  # threshold mode: mean |change| of a patch, pixels in [0, 1]; < 0: all dynamic
+    drift_bound: float = 0.3  # threshold mode: share of tokens changed since the last full pass
+    full_above: float = 0.5  # threshold mode: run the full ViT when more tokens than this are dynamic
+    refresh: int = 2  # stc mode: full pass every `refresh` frames
+    update_ratio: float = 0.25  # stc mode: tokens recomputed per layer between refreshes
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"delta mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.refresh < 1 or not 0 < self.update_ratio <= 1:
+            raise ValueError("stc needs refresh >= 1 and 0 < update_ratio <= 1")
+
+
+@dataclass
+class FrameWork:
+    """What one frame cost."""
+
+    kind: str  # "full", "partial" or "reused"
+    tokens: int  # tokens recomputed (stc: per layer)
+    reuse_ratio: float  # share of token-layer work skipped
+    flops: int  # counted matmul FLOPs (projections, attention, MLP, patch embedding)
+
+
+class _Flops:
+    def __init__(self):
+        self.total = 0
+
+    def linear(self, rows: int, module) -> None:
+        self.total += 2 * rows * module.in_features * module.out_features
+
+    def attention(self, queries: int, keys: int, width: int) -> None:
+        self.total += 4 * queries * keys * width  # scores and the weighted sum
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[1, T, C] -> [1, H, T, d]."""
+    return x.view(1, x.shape[1], heads, -1).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """[1, H, T, d] -> [1, T, C]."""
+    return x.transpose(1, 2).reshape(1, x.shape[2], -1)
+
+
+def _mlp_flops(flops: _Flops, rows: int, mlp) -> None:
+    flops.linear(rows, mlp.fc1)
+    flops.linear(rows, mlp.fc2)
+
+
+def layer_full(layer, x: torch.Tensor, flops: _Flops) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One encoder layer on all tokens x [1, P, C] -> output and what the caches keep."""
+    attn = layer.self_attn
+    rows, width = x.shape[1], x.shape[2]
+    h = layer.layer_norm1(x)
+    q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)  # [1, P, C]
+    heads = attn.num_heads
+    out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), scale=attn.scale)
+    attn_out = attn.out_proj(_merge(out))
+    x = x + attn_out
+    mlp_out = layer.mlp(layer.layer_norm2(x))
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+        flops.linear(rows, proj)
+    flops.attention(rows, rows, width)
+    _mlp_flops(flops, rows, layer.mlp)
+    # k_heads / v_heads are views of keys / values: the threshold mode writes through them.
+    return x + mlp_out, {"keys": k, "values": v, "k_heads": _heads(k, heads), "v_heads": _heads(v, heads),
+                         "attn_out": attn_out, "mlp_out": mlp_out}
+
+
+def layer_on_subset(layer, x_sel: torch.Tensor, index: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    flops: _Flops | None = None) -> torch.Tensor:
+    """One encoder layer for n tokens x_sel [1, n, C] at `index` [n], attending to all P tokens.
+
+    keys, values [1, H, P, d] hold every token's cached keys and values; the n tokens'
+    new ones are written into them first, so later frames see them.
+    """
+    attn = layer.self_attn
+    heads = attn.num_heads
+    h = layer.layer_norm1(x_sel)
+    q = _heads(attn.q_proj(h), heads)  # [1, H, n, d]
+    keys.index_copy_(2, index, _heads(attn.k_proj(h), heads))
+    values.index_copy_(2, index, _heads(attn.v_proj(h), heads))
+    out = F.scaled_dot_product_attention(q, keys, values, scale=attn.scale)
+    x_sel = x_sel + attn.out_proj(_merge(out))
+    if flops is not None:
+        rows = x_sel.shape[1]
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+            flops.linear(rows, proj)
+        flops.attention(rows, keys.shape[2], x_sel.shape[2])
+        _mlp_flops(flops, rows, layer.mlp)
+    return x_sel + layer.mlp(layer.layer_norm2(x_sel))
+
+
+class DeltaViT:
+    """The tower's features for a stream of frames, reusing work between them (batch 1)."""
+
+    def __init__(self, tower: VisionTower, settings: DeltaSettings = DeltaSettings()):
+        self.tower = tower
+        self.settings = settings
+        self.patch = tower.embed.patch_embedding.kernel_size[0]
+        self.last = FrameWork("full", 0, 0.0, 0)
+        self.full_flops = 0  # FLOPs of one full pass, once known
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the reference: the next frame runs the full ViT."""
+        self._frames = 0
+        self._caches: list[dict[str, torch.Tensor]] = []
+        self._features: dict[int, torch.Tensor] = {}  # hidden_states index -> [1, P, C]
+        self._ref_patches: torch.Tensor | None = None  # [P, 3*p*p] pixels each token's cache was made from
+        self._touched: torch.Tensor | None = None  # [P] bool, changed since the last full pass
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [1, 3, S, S] -> features [1, P, C * len(feature_layers)]."""
+        if pixels.shape[0] != 1:
+            raise ValueError("the delta cache streams one frame at a time (batch 1)")
+        mode = self.settings.mode
+        if mode == "stc":
+            self._stc(pixels)
+        elif mode == "threshold":
+            self._threshold(pixels)
+        else:
+            self._full(pixels)
+        self._frames += 1
+        return torch.cat([self._features[i] for i in self.tower.feature_layers], dim=-1)
+
+    def _full(self, pixels: torch.Tensor) -> None:
+        flops = _Flops()
+        x = self.tower.embed(pixels)
+        flops.linear(x.shape[1], _PatchAsLinear(self.tower.embed.patch_embedding))
+        wanted = set(self.tower.feature_layers)
+        self._caches, self._features = [], {0: x} if 0 in wanted else {}
+        for index, layer in enumerate(self.tower.layers, start=1):
+            x, cache = layer_full(layer, x, flops)
+            self._caches.append(cache)
+            if index in wanted:
+                self._features[index] = x
+        self._ref_patches = self._patches(pixels)
+        self._touched = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+        self.full_flops = flops.total
+        self.last = FrameWork("full", x.shape[1], 0.0, flops.total)
+
+    def _threshold(self, pixels: torch.Tensor) -> None:
+        s = self.settings
+        if self._ref_patches is None:
+            return self._full(pixels)
+        patches = self._patches(pixels)
+        change = (patches - self._ref_patches).abs().mean(dim=-1)  # [P]
+        dynamic = change > s.threshold
+        count, total = int(dynamic.sum()), dynamic.numel()
+        if count == 0:
+            self.last = FrameWork("reused", 0, 1.0, 0)
+            return None
+        touched = self._touched | dynamic
+        if count > s.full_above * total or float(touched.float().mean()) > s.drift_bound:
+            return self._full(pixels)
+        flops = _Flops()
+        x_all = self.tower.embed(pixels)
+        flops.linear(total, _PatchAsLinear(self.tower.embed.patch_embedding))
+        index = dynamic.nonzero().flatten()
+        x = x_all.index_select(1, index)  # [1, n, C]
+        if 0 in self._features:
+            self._features[0] = x_all
+        for layer_index, (layer, cache) in enumerate(zip(self.tower.layers, self._caches), start=1):
+            x = layer_on_subset(layer, x, index, cache["k_heads"], cache["v_heads"], flops)
+            if layer_index in self._features:
+                self._features[layer_index].index_copy_(1, index, x)
+        self._ref_patches.index_copy_(0, index, patches.index_select(0, index))
+        self._touched = touched
+        self.last = FrameWork("partial", count, 1.0 - count / total, flops.total)
+        return None
+
+    def _patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels [1, 3, S, S] (normalized) -> [P, 3*p*p] in the 0..1 range of the camera."""
+        p = self.patch
+        rows = pixels.shape[2] // p * p
+        cols = pixels.shape[3] // p * p
+        cut = pixels[0, :, :rows, :cols].float()
+        return F.unfold(cut[None], kernel_size=p, stride=p)[0].T * 0.5  # [-1, 1] -> spans 1
+
+    def _stc(self, pixels: torch.Tensor) -> None:
+        s = self.settings
+        if not self._caches or self._frames % s.refresh == 0:
+            return self._full(pixels)
+        flops = _Flops()
+        x = self.tower.embed(pixels)
+        total = x.shape[1]
+        flops.linear(total, _PatchAsLinear(self.tower.embed.patch_embedding))
+        chosen = max(1, min(total, int(total * s.update_ratio)))
+        features = {0: x} if 0 in self._features else {}
+        for layer_index, (layer, ref) in enumerate(zip(self.tower.layers, self._caches), start=1):
+            x = _stc_layer(layer, x, ref, chosen, flops)
+            if layer_index in self._features:
+                features[layer_index] = x
+        self._features.update(features)
+        self.last = FrameWork("partial", chosen, 1.0 - chosen / total, flops.total)
+        return None
+
+
+def _stc_layer(layer, x: torch.Tensor, ref: dict[str, torch.Tensor], chosen: int, flops: _Flops) -> torch.Tensor:
+    """STC-Cacher's layer between refreshes: x [1, P, C] -> [1, P, C]."""
+    attn = layer.self_attn
+    heads, total, width = attn.num_heads, x.shape[1], x.shape[2]
+    h = layer.layer_norm1(x)
+    k = attn.k_proj(h)  # every token's key, to find the ones that moved
+    similarity = F.cosine_similarity(k, ref["keys"], dim=-1)[0]  # [P]
+    index = torch.topk(similarity, chosen, largest=False).indices.sort().values  # [n]
+    h_sel = h.index_select(1, index)
+    q = _heads(attn.q_proj(h_sel), heads)
+    v = ref["values"].index_copy(1, index, attn.v_proj(h_sel))
+    out = F.scaled_dot_product_attention(q, _heads(k, heads), _heads(v, heads), scale=attn.scale)
+    attn_out = ref["attn_out"].index_copy(1, index, attn.out_proj(_merge(out)))
+    x = x + attn_out
+    mlp_out = ref["mlp_out"].index_copy(1, index, layer.mlp(layer.layer_norm2(x.index_select(1, index))))
+    flops.linear(total, attn.k_proj)
+    for proj in (attn.q_proj, attn.v_proj, attn.out_proj):
+        flops.linear(chosen, proj)
+    flops.attention(chosen, total, width)
+    _mlp_flops(flops, chosen, layer.mlp)
+    return x + mlp_out
+
+
+class _PatchAsLinear:
+    """A patch-embedding convolution's size, as the linear map over patches that it is."""
+
+    def __init__(self, conv):
+        self.in_features = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        self.out_features = conv.out_channels
