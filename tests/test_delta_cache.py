@@ -8,35 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from streamvlm.models.base import VisionTower
 from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
 from streamvlm.vision.encoder import VisionEncoder
+from streamvlm.vision.towers import random_siglip, siglip_pixels
 
 ATOL = 1e-4  # float32; the partial pass sums attention over the same keys in another order
-
-
-def _base_tower() -> tuple[VisionTower, callable]:
-    """SigLIP-base-sized (768 wide, 12 layers, 384 px, 27x27 patches), random weights."""
-    from transformers import SiglipVisionConfig, SiglipVisionModel
-
-    torch.manual_seed(0)
-    config = SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                num_attention_heads=12, image_size=384, patch_size=14)
-    model = SiglipVisionModel(config).eval()
-    vision = getattr(model, "vision_model", model)  # transformers 4 nests it, 5 does not
-    tower = VisionTower(vision.embeddings, tuple(vision.encoder.layers), (12,), (27, 27))
-
-    def preprocess(frame: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-
-    return tower, preprocess
 
 
 @pytest.fixture(scope="module", params=["tiny", "base"])
 def tower(request, tiny_model):
     if request.param == "tiny":
         return tiny_model.tower, tiny_model.preprocess
-    return _base_tower()
+    return random_siglip("base"), siglip_pixels
 
 
 def _scene(frames: int, step: int = 6, seed: int = 0) -> list[np.ndarray]:
@@ -84,7 +67,7 @@ def test_decisions_and_outputs_are_deterministic(tower):
         first = _run(model_tower, preprocess, settings, frames)
         second = _run(model_tower, preprocess, settings, frames)
         for (a, _, wa), (b, _, wb) in zip(first, second):
-            assert torch.equal(a, b) and wa == wb
+            assert torch.equal(a, b) and wa == wb and torch.equal(wa.recomputed, wb.recomputed)
 
 
 def test_threshold_mode_recomputes_the_moving_object_and_reuses_the_rest(tiny_model):

@@ -42,12 +42,22 @@ def _decode(p) -> None:
     p.add_argument("--repeats", type=int, default=5, help="runs of each, interleaved; medians reported")
 
 
+def _vision(p) -> None:
+    p.add_argument("--video", type=Path, required=True, help="any video file OpenCV reads")
+    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--size", choices=("tiny", "base", "so400m"), default="base", help="SigLIP-sized tower")
+    p.add_argument("--mode", choices=("threshold", "stc"), default="threshold")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--backend", choices=("torch",), default="torch")
+
+
 # name -> (module, arguments, help)
 BENCHES = {
     "lm-stream": ("streamvlm.bench.lm_stream", _lm_stream,
                   "streaming perplexity: full attention vs window vs sinks + window"),
     "kv": ("streamvlm.bench.kv", _kv, "per-frame ingest latency and memory over a long stream, budgeted vs full"),
     "decode": ("streamvlm.bench.decode", _decode, "decode ms per token: this engine vs transformers generate"),
+    "vision": ("streamvlm.bench.vision", _vision, "ViT with the delta-token cache vs full recompute, per frame"),
 }
 
 

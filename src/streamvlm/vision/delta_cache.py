@@ -34,7 +34,7 @@ backends build on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,7 @@ class FrameWork:
     tokens: int  # tokens recomputed (stc: per layer)
     reuse_ratio: float  # share of token-layer work skipped
     flops: int  # counted matmul FLOPs (projections, attention, MLP, patch embedding)
+    recomputed: torch.Tensor | None = field(default=None, compare=False)  # [P] share of layers recomputing each token
 
 
 class _Flops:
@@ -188,18 +189,18 @@ class DeltaViT:
         self._ref_patches = self._patches(pixels)
         self._touched = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
         self.full_flops = flops.total
-        self.last = FrameWork("full", x.shape[1], 0.0, flops.total)
+        self.last = FrameWork("full", x.shape[1], 0.0, flops.total, torch.ones(x.shape[1], device=x.device))
 
     def _threshold(self, pixels: torch.Tensor) -> None:
         s = self.settings
         if self._ref_patches is None:
             return self._full(pixels)
         patches = self._patches(pixels)
-        change = (patches - self._ref_patches).abs().mean(dim=-1)  # [P]
+        change = self._change(patches)  # [P]
         dynamic = change > s.threshold
         count, total = int(dynamic.sum()), dynamic.numel()
         if count == 0:
-            self.last = FrameWork("reused", 0, 1.0, 0)
+            self.last = FrameWork("reused", 0, 1.0, 0, torch.zeros_like(change))
             return None
         touched = self._touched | dynamic
         if count > s.full_above * total or float(touched.float().mean()) > s.drift_bound:
@@ -217,8 +218,22 @@ class DeltaViT:
                 self._features[layer_index].index_copy_(1, index, x)
         self._ref_patches.index_copy_(0, index, patches.index_select(0, index))
         self._touched = touched
-        self.last = FrameWork("partial", count, 1.0 - count / total, flops.total)
+        self.last = FrameWork("partial", count, 1.0 - count / total, flops.total, dynamic.float())
         return None
+
+    def _change(self, patches: torch.Tensor) -> torch.Tensor:
+        """[P] how much each patch changed since its reference: the largest mean absolute
+        change over the patch's four quadrants, so an object covering a quarter of a patch
+        is not diluted by the three quarters that stayed."""
+        p = self.patch
+        diff = (patches - self._ref_patches).abs().view(-1, 3, p, p).mean(dim=1)  # [P, p, p]
+        quadrants = F.avg_pool2d(diff[:, None], kernel_size=p // 2, stride=p // 2)  # [P, 1, 2, 2] (p even)
+        return quadrants.flatten(1).amax(dim=1)
+
+    @property
+    def reference_patches(self) -> torch.Tensor | None:
+        """[P, 3*p*p] the pixels each token's cached values were computed from (None before the first frame)."""
+        return self._ref_patches
 
     def _patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [1, 3, S, S] (normalized) -> [P, 3*p*p] in the 0..1 range of the camera."""
@@ -238,17 +253,20 @@ class DeltaViT:
         flops.linear(total, _PatchAsLinear(self.tower.embed.patch_embedding))
         chosen = max(1, min(total, int(total * s.update_ratio)))
         features = {0: x} if 0 in self._features else {}
+        recomputed = torch.zeros(total, device=x.device)
         for layer_index, (layer, ref) in enumerate(zip(self.tower.layers, self._caches), start=1):
-            x = _stc_layer(layer, x, ref, chosen, flops)
+            x, index = _stc_layer(layer, x, ref, chosen, flops)
+            recomputed[index] += 1.0 / len(self._caches)
             if layer_index in self._features:
                 features[layer_index] = x
         self._features.update(features)
-        self.last = FrameWork("partial", chosen, 1.0 - chosen / total, flops.total)
+        self.last = FrameWork("partial", chosen, 1.0 - chosen / total, flops.total, recomputed)
         return None
 
 
-def _stc_layer(layer, x: torch.Tensor, ref: dict[str, torch.Tensor], chosen: int, flops: _Flops) -> torch.Tensor:
-    """STC-Cacher's layer between refreshes: x [1, P, C] -> [1, P, C]."""
+def _stc_layer(layer, x: torch.Tensor, ref: dict[str, torch.Tensor], chosen: int,
+               flops: _Flops) -> tuple[torch.Tensor, torch.Tensor]:
+    """STC-Cacher's layer between refreshes: x [1, P, C] -> [1, P, C], and the tokens chosen [n]."""
     attn = layer.self_attn
     heads, total, width = attn.num_heads, x.shape[1], x.shape[2]
     h = layer.layer_norm1(x)
@@ -267,7 +285,7 @@ def _stc_layer(layer, x: torch.Tensor, ref: dict[str, torch.Tensor], chosen: int
         flops.linear(chosen, proj)
     flops.attention(chosen, total, width)
     _mlp_flops(flops, chosen, layer.mlp)
-    return x + mlp_out
+    return x + mlp_out, index
 
 
 class _PatchAsLinear:
