@@ -27,7 +27,7 @@ BUDGETS = pytest.mark.parametrize("budget", [8192, 0], ids=["streaming", "full"]
 
 def _pipeline(model, budget: int = 8192) -> StreamingVLM:
     cfg = PipelineConfig().replace(
-        model={"name": "tiny"}, vision={"fps": 0.0},
+        model={"name": "tiny"}, vision={"fps": 0.0, "delta_mode": "off"},  # the full ViT, as HF runs it
         language={"caption_interval_s": 0.0, "kv_budget_tokens": budget},
     )
     return StreamingVLM(cfg, model)

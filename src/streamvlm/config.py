@@ -43,6 +43,20 @@ class VisionConfig:
 
     fps: float = field(default=1.0, metadata={
         "help": "frames per second sampled from the camera (0: every frame)", "range": (0.0, 240.0)})
+    # Delta-token ViT cache (see vision/delta_cache.py): "threshold" is ours, "stc" is STC-Cacher.
+    delta_mode: str = field(default="threshold", metadata={
+        "help": "reuse ViT work on unchanged patches: threshold, stc, or off", "choices": ("threshold", "stc", "off")})
+    delta_threshold: float = field(default=0.03, metadata={
+        "help": "threshold mode: a patch is recomputed when a quadrant's mean change passes this (pixels 0..1)",
+        "range": (0.0, 1.0)})
+    delta_drift_bound: float = field(default=0.3, metadata={
+        "help": "threshold mode: full ViT pass once this share of patches changed since the last one (0: exact)",
+        "range": (0.0, 1.0)})
+    delta_full_above: float = field(default=0.5, metadata={
+        "help": "threshold mode: full ViT pass when more than this share of patches changed", "range": (0.0, 1.0)})
+    stc_refresh: int = field(default=2, metadata={"help": "stc mode: full pass every N frames", "range": (1, 1000)})
+    stc_update_ratio: float = field(default=0.25, metadata={
+        "help": "stc mode: share of tokens recomputed per layer between full passes", "range": (0.01, 1.0)})
 
 
 @dataclass(frozen=True)

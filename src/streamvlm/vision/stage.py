@@ -5,18 +5,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from streamvlm.config import PipelineConfig
+from streamvlm.config import PipelineConfig, VisionConfig
 from streamvlm.models import VisionLanguageModel, load_model
 from streamvlm.types import TokenBatch
-from streamvlm.vision.encoder import VisionEncoder
+from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
 from streamvlm.vision.sampler import FrameSampler
+
+
+def delta_settings(cfg: VisionConfig) -> DeltaSettings:
+    return DeltaSettings(cfg.delta_mode, cfg.delta_threshold, cfg.delta_drift_bound, cfg.delta_full_above,
+                         cfg.stc_refresh, cfg.stc_update_ratio)
 
 
 class VisionStage:
     def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel):
         self.cfg = cfg
         self.model = model
-        self.encoder = VisionEncoder(model.tower)
+        self.encoder = DeltaViT(model.tower, delta_settings(cfg.vision))  # mode "off": the full ViT every frame
         self.sampler = FrameSampler(cfg.vision.fps)
         self.frames_seen = 0
         self.frames_processed = 0
@@ -31,6 +36,10 @@ class VisionStage:
             raise ValueError("the model settings are fixed while running; reconfigure the node to change them")
         if cfg.vision.fps != self.cfg.vision.fps:
             self.sampler = FrameSampler(cfg.vision.fps)
+        settings = delta_settings(cfg.vision)
+        if settings != self.encoder.settings:
+            self.encoder.settings = settings
+            self.encoder.reset()  # the next frame is a full pass under the new settings
         self.cfg = cfg
 
     def process(self, frame_rgb: np.ndarray, stamp_ns: int) -> TokenBatch | None:
@@ -56,6 +65,7 @@ class VisionStage:
             embeddings=tokens[0],
             positions=torch.arange(tokens.shape[1]),
             grid=grid,
+            reuse_ratio=self.encoder.last.reuse_ratio,
             model=self.model.name,
         )
         self.frames_processed += 1
@@ -63,7 +73,7 @@ class VisionStage:
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normalized pixels [B, 3, H, W] -> tokens [B, N, D] and their grid (rows, cols)."""
+        """Normalized pixels [1, 3, H, W] of the next frame -> tokens [1, N, D] and their grid (rows, cols)."""
         return self.model.project(self.encoder(pixels))
 
 
