@@ -43,3 +43,31 @@ def test_decode_compares_with_transformers_generate():
     assert out["context"] == 64 and out["tokens"] == 6
     assert out["ms_per_token"] > 0 and out["hf_ms_per_token"] > 0
     assert math.isclose(out["ratio"], out["hf_ms_per_token"] / out["ms_per_token"], rel_tol=0.01)
+
+
+def _moving_square_video(path, frames: int = 8):
+    import cv2
+    import numpy as np
+
+    background = np.random.default_rng(1).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (192, 192))
+    for t in range(frames):
+        frame = background.copy()
+        frame[20 + 8 * t:60 + 8 * t, 40:80] = 255
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_vision_compares_cache_and_full_vit_on_a_video(tmp_path):
+    video = _moving_square_video(tmp_path / "square.avi")
+    out = _bench("vision", "--video", str(video), "--frames", "8", "--size", "tiny")
+    assert out["frames"] == 8 and out["mode"] == "threshold"
+    assert 0 < out["flop_ratio"] < 1 and 0 < out["reuse_ratio"] < 1 and out["changed_patches"] > 0
+    assert 0 <= out["recall"] <= 1 and out["cosine_p01"] <= out["cosine_mean"] <= 1.0001
+    # In its lossless setting the cache's output is the full ViT's.
+    exact = _bench("vision", "--video", str(video), "--frames", "8", "--size", "tiny", "--threshold", "0",
+                   "--drift-bound", "0")
+    assert exact["cosine_p01"] > 0.99999 and exact["settings"]["drift_bound"] == 0.0
+    stc = _bench("vision", "--video", str(video), "--frames", "8", "--size", "tiny", "--mode", "stc")
+    assert abs(stc["reuse_ratio"] - 0.375) < 0.001  # half the frames refresh, the others skip 75%

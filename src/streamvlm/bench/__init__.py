@@ -49,6 +49,11 @@ def _vision(p) -> None:
     p.add_argument("--mode", choices=("threshold", "stc"), default="threshold")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--backend", choices=("torch",), default="torch")
+    p.add_argument("--threshold", type=float, help="threshold mode: patch change that makes it dynamic")
+    p.add_argument("--drift-bound", type=float, help="threshold mode: share changed that forces a full pass")
+    p.add_argument("--full-above", type=float, help="threshold mode: share dynamic that runs the full ViT")
+    p.add_argument("--refresh", type=int, help="stc mode: full pass every N frames")
+    p.add_argument("--update-ratio", type=float, help="stc mode: share of tokens recomputed per layer")
 
 
 # name -> (module, arguments, help)

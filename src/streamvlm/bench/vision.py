@@ -33,7 +33,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def run(args) -> dict:
     dtype = DTYPES[args.dtype]
     tower, preprocess = _tower(args.size, dtype)
-    delta = DeltaViT(tower, DeltaSettings(mode=args.mode))
+    settings = _settings(args)
+    delta = DeltaViT(tower, settings)
     full = VisionEncoder(tower)
     frames = _frames(args.video, args.frames)
     full_ms, cached_ms, flops, full_flops, reuse, cosines, hits, changed = [], [], 0, 0, [], [], 0.0, 0
@@ -74,11 +75,18 @@ def run(args) -> dict:
         "full_ms": round(median(full_ms), 2),
         "cached_ms": round(median(cached_ms), 2),
         "mode": args.mode,
+        "settings": {k: v for k, v in vars(settings).items() if k != "mode"},
         "size": args.size,
         "dtype": args.dtype,
         "backend": args.backend,
         "threads": torch.get_num_threads(),
     }
+
+
+def _settings(args) -> DeltaSettings:
+    given = {"threshold": args.threshold, "drift_bound": args.drift_bound, "full_above": args.full_above,
+             "refresh": args.refresh, "update_ratio": args.update_ratio}
+    return DeltaSettings(mode=args.mode, **{k: v for k, v in given.items() if v is not None})
 
 
 def _tower(size: str, dtype: torch.dtype):
