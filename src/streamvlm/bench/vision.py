@@ -38,6 +38,7 @@ def run(args) -> dict:
     full = VisionEncoder(tower)
     frames = _frames(args.video, args.frames)
     full_ms, cached_ms, flops, full_flops, reuse, cosines, hits, changed = [], [], 0, 0, [], [], 0.0, 0
+    kinds = {"full": 0, "partial": 0, "reused": 0}
     bar = progress(len(frames), f"vision {args.mode}")
     for i, frame in enumerate(frames):
         pixels = preprocess(frame)
@@ -51,6 +52,7 @@ def run(args) -> dict:
             outputs[name] = encoder(pixels)
             (full_ms if name == "full" else cached_ms).append((time.perf_counter() - start) * 1e3)
         work = delta.last
+        kinds[work.kind] += 1
         flops += work.flops
         full_flops += delta.full_flops
         reuse.append(work.reuse_ratio)
@@ -72,6 +74,7 @@ def run(args) -> dict:
         "recall": round(hits / changed, 4) if changed else None,
         "frames": len(frames),
         "changed_patches": changed,
+        "passes": kinds,  # frames by what the cache did: full ViT, partial, or reused outright
         "full_ms": round(median(full_ms), 2),
         "cached_ms": round(median(cached_ms), 2),
         "mode": args.mode,
