@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from streamvlm.models.base import VisionTower
 
 MODES = ("off", "stc", "threshold")
+# What each mode keeps per layer from a full pass.
+_KEPT = {"off": (), "stc": ("keys", "values", "attn_out", "mlp_out"), "threshold": ("k_heads", "v_heads")}
 
 
 @dataclass(frozen=True)
@@ -180,13 +182,14 @@ class DeltaViT:
         x = self.tower.embed(pixels)
         flops.linear(x.shape[1], _PatchAsLinear(self.tower.embed.patch_embedding))
         wanted = set(self.tower.feature_layers)
+        keep = _KEPT[self.settings.mode]  # hold only what this mode reads back
         self._caches, self._features = [], {0: x} if 0 in wanted else {}
         for index, layer in enumerate(self.tower.layers, start=1):
             x, cache = layer_full(layer, x, flops)
-            self._caches.append(cache)
+            self._caches.append({name: cache[name] for name in keep})
             if index in wanted:
                 self._features[index] = x
-        self._ref_patches = self._patches(pixels)
+        self._ref_patches = self._patches(pixels) if keep else None
         self._touched = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
         self.full_flops = flops.total
         self.last = FrameWork("full", x.shape[1], 0.0, flops.total, torch.ones(x.shape[1], device=x.device))
