@@ -118,7 +118,7 @@ def _frames(path, count: int) -> list[np.ndarray]:
 
 def _visibly_changed(delta: DeltaViT, pixels: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """[P] bool: patches where enough pixels moved visibly since `reference` [P, 3*p*p]."""
-    now = delta._patches(pixels)  # same patch layout and 0..1 scale as the reference
+    now = delta.patches(pixels)  # same patch layout and 0..1 scale as the reference
     channels = now.shape[1] // 3
     moved = ((now - reference).abs() > CHANGED_PIXEL).view(-1, 3, channels).any(dim=1)  # [P, p*p]
     return moved.float().mean(dim=1) >= CHANGED_SHARE

@@ -37,7 +37,7 @@ class LlavaOnevisionAdapter(VisionLanguageModel):
         video_token = self.tokenizer.convert_ids_to_tokens(config.video_token_index)
         stops = tuple(t for t in _CHATML_STOP if t in self.tokenizer.get_vocab())
         self.prompt = PromptFormat.from_chat_template(self.tokenizer, video_token, stops)
-        self._pixels = _PixelSpec.from_dir(model_dir)
+        self._pixels = PixelSpec.from_dir(model_dir)
         self.tower = self._split_tower()
 
     def _split_tower(self) -> VisionTower:
@@ -97,7 +97,7 @@ def _attach_chat_template(tokenizer, model_dir: Path) -> None:
         raise FileNotFoundError(f"no chat template in {model_dir}")
 
 
-class _PixelSpec:
+class PixelSpec:
     """Resize (bicubic, as the model's processors do) + rescale + normalize, from the saved config."""
 
     def __init__(self, height: int, width: int, mean, std, rescale: float):
@@ -107,7 +107,7 @@ class _PixelSpec:
         self.rescale = rescale
 
     @classmethod
-    def from_dir(cls, model_dir: Path) -> "_PixelSpec":
+    def from_dir(cls, model_dir: Path) -> "PixelSpec":
         for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
             path = model_dir / name
             if path.exists():

@@ -189,7 +189,7 @@ class DeltaViT:
             self._caches.append({name: cache[name] for name in keep})
             if index in wanted:
                 self._features[index] = x
-        self._ref_patches = self._patches(pixels) if keep else None
+        self._ref_patches = self.patches(pixels) if keep else None
         self._touched = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
         self.full_flops = flops.total
         self.last = FrameWork("full", x.shape[1], 0.0, flops.total, torch.ones(x.shape[1], device=x.device))
@@ -198,7 +198,7 @@ class DeltaViT:
         s = self.settings
         if self._ref_patches is None:
             return self._full(pixels)
-        patches = self._patches(pixels)
+        patches = self.patches(pixels)
         change = self._change(patches)  # [P]
         dynamic = change > s.threshold
         count, total = int(dynamic.sum()), dynamic.numel()
@@ -238,7 +238,7 @@ class DeltaViT:
         """[P, 3*p*p] the pixels each token's cached values were computed from (None before the first frame)."""
         return self._ref_patches
 
-    def _patches(self, pixels: torch.Tensor) -> torch.Tensor:
+    def patches(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [1, 3, S, S] (normalized) -> [P, 3*p*p] in the 0..1 range of the camera."""
         p = self.patch
         rows = pixels.shape[2] // p * p

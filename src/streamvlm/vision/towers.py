@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 
 from streamvlm.models.base import VisionTower
+from streamvlm.models.llava_onevision import PixelSpec
 
 # name -> (hidden, mlp, layers, heads)
 SIZES = {
@@ -40,8 +40,8 @@ def random_siglip(size: str, dtype: torch.dtype = torch.float32, seed: int = 0) 
 
 def siglip_pixels(frame_rgb: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 RGB [H, W, 3] -> [1, 3, 384, 384] normalized as SigLIP's processor does (mean 0.5, std 0.5)."""
-    image = Image.fromarray(frame_rgb)
-    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-    chw = torch.from_numpy(np.asarray(image, np.float32).transpose(2, 0, 1).copy())
-    return (chw / 127.5 - 1.0)[None].to(dtype)
+    return _SIGLIP_PIXELS.apply(frame_rgb).to(dtype)
+
+
+# The same resize and normalization the model adapters use, at SigLIP's settings.
+_SIGLIP_PIXELS = PixelSpec(IMAGE_SIZE, IMAGE_SIZE, [0.5] * 3, [0.5] * 3, 1 / 255)
