@@ -71,3 +71,16 @@ def test_vision_compares_cache_and_full_vit_on_a_video(tmp_path):
     assert exact["cosine_p01"] > 0.99999 and exact["settings"]["drift_bound"] == 0.0
     stc = _bench("vision", "--video", str(video), "--frames", "8", "--size", "tiny", "--mode", "stc")
     assert abs(stc["reuse_ratio"] - 0.375) < 0.001  # half the frames refresh, the others skip 75%
+
+
+def test_prune_compares_pruned_and_unpruned_prefill_and_answers(tmp_path):
+    video = _moving_square_video(tmp_path / "square.avi")
+    common = ("--video", str(video), "--frames", "8", "--fps", "0", "--question-every", "4", "--synth-frames", "13")
+    stc = _bench("prune", *common, "--mode", "stc")
+    assert stc["frames"] == 8 and stc["tokens_mean"] == stc["tokens_p95"] == 60 and stc["questions"] == 2
+    assert stc["prefill_ratio"] > 0 and stc["kl"] >= 0 and 0 <= stc["appearance_recall"] <= 1
+    assert stc["synthetic"]["appearances"] == 3 and stc["synthetic"]["cells"] > 0
+    # Keep-all: the pruned pipeline is the unpruned one, so its answers agree exactly.
+    keep_all = _bench("prune", *common, "--mode", "adaptive", "--min-tokens", "196", "--max-tokens", "196")
+    assert keep_all["tokens_mean"] == 196 and keep_all["appearance_recall"] == 1.0
+    assert keep_all["top1_agreement"] == 1.0 and keep_all["kl"] == 0.0

@@ -24,10 +24,18 @@ NEW_TOKENS = 8
 # streams) and the full-attention reference (budget 0).
 BUDGETS = pytest.mark.parametrize("budget", [8192, 0], ids=["streaming", "full"])
 
+# The pruner off, and each pruner mode in its keep-all setting (which must change nothing).
+PRUNING = pytest.mark.parametrize("pruning", [
+    {"prune_mode": "off"},
+    {"prune_mode": "stc", "prune_keep_tokens": 196},
+    {"prune_mode": "adaptive", "prune_min_tokens": 196, "prune_max_tokens": 196},
+], ids=["unpruned", "stc-keep-all", "adaptive-keep-all"])
 
-def _pipeline(model, budget: int = 8192) -> StreamingVLM:
+
+def _pipeline(model, budget: int = 8192, pruning: dict | None = None) -> StreamingVLM:
     cfg = PipelineConfig().replace(
-        model={"name": "tiny"}, vision={"fps": 0.0, "delta_mode": "off"},  # the full ViT, as HF runs it
+        model={"name": "tiny"},
+        vision={"fps": 0.0, "delta_mode": "off", **(pruning or {"prune_mode": "off"})},  # the full ViT, as HF runs it
         language={"caption_interval_s": 0.0, "kv_budget_tokens": budget},
     )
     return StreamingVLM(cfg, model)
@@ -55,9 +63,10 @@ def _assert_meaningful_greedy(logits: torch.Tensor) -> None:
     assert float(top2[0] - top2[1]) > 10 * ATOL
 
 
+@PRUNING
 @BUDGETS
-def test_streaming_equals_offline_forward_and_generate(tiny_model, frames, budget):
-    vlm = _pipeline(tiny_model, budget)
+def test_streaming_equals_offline_forward_and_generate(tiny_model, frames, budget, pruning):
+    vlm = _pipeline(tiny_model, budget, pruning)
     for i, frame in enumerate(frames):
         assert vlm.push(frame, (i + 1) * 10**9) is None  # captions are off
     answer = vlm.ask(QUESTION, max_new_tokens=NEW_TOKENS)

@@ -145,7 +145,8 @@ def test_diagnostics_report_the_figures_an_operator_needs(nodes):
     wait_for(lambda: probe.figure("llm_node", "questions answered") >= 5, 30, "updated llm diagnostics")
     encoder, llm = probe.diagnostics[ENCODER], probe.diagnostics[LLM]
     for key in ("frames received", "frames processed", "frames dropped (busy)", "frames dropped (invalid)",
-                "ms per frame p50", "ms per frame p95", "tokens per frame", "delta-cache reuse ratio"):
+                "ms per frame p50", "ms per frame p95", "tokens per frame", "changed token share",
+                "delta-cache reuse ratio"):
         assert key in encoder, key
     for key in ("frames received", "frames ingested", "frames dropped (stale)", "KV tokens in use",
                 "KV token budget", "questions answered", "questions rejected", "mean answer latency ms"):

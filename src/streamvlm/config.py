@@ -57,6 +57,22 @@ class VisionConfig:
     stc_refresh: int = field(default=2, metadata={"help": "stc mode: full pass every N frames", "range": (1, 1000)})
     stc_update_ratio: float = field(default=0.25, metadata={
         "help": "stc mode: share of tokens recomputed per layer between full passes", "range": (0.01, 1.0)})
+    # Visual token pruner (see vision/pruner.py): "adaptive" is ours, "stc" is STC-Pruner.
+    prune_mode: str = field(default="adaptive", metadata={
+        "help": "drop redundant visual tokens before the LLM: adaptive, stc, or off",
+        "choices": ("adaptive", "stc", "off")})
+    prune_keep_tokens: int = field(default=60, metadata={
+        "help": "stc mode: tokens kept per frame (STC: 60 of 196)", "range": (1, 1 << 20)})
+    prune_min_tokens: int = field(default=4, metadata={
+        "help": "adaptive mode: fewest tokens a frame sends", "range": (1, 1 << 20)})
+    prune_max_tokens: int = field(default=98, metadata={
+        "help": "adaptive mode: most tokens a frame sends", "range": (1, 1 << 20)})
+    prune_novelty: float = field(default=0.02, metadata={
+        "help": "adaptive mode: a token is sent when it moved this far (cosine distance) from the last one sent "
+                "from its grid cell", "range": (0.0, 2.0)})
+    prune_refresh_s: float = field(default=12.0, metadata={
+        "help": "adaptive mode: every grid cell is sent again at least this often, so the LLM's vision window "
+                "keeps a whole view (keep it below language.vision_window_s; 0: never)", "range": (0.0, 86400.0)})
 
 
 @dataclass(frozen=True)

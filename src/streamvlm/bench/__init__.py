@@ -56,6 +56,24 @@ def _vision(p) -> None:
     p.add_argument("--update-ratio", type=float, help="stc mode: share of tokens recomputed per layer")
 
 
+def _prune(p) -> None:
+    p.add_argument("--video", type=Path, required=True, help="any video file OpenCV reads")
+    p.add_argument("--frames", type=int, default=60, help="sampled frames streamed (default 60)")
+    p.add_argument("--fps", type=float, default=1.0, help="rate frames are sampled at (0: every frame)")
+    p.add_argument("--mode", choices=("stc", "adaptive"), default="adaptive")
+    p.add_argument("--model", default="tiny", help="vision-language model (default tiny: random, real geometry)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--question-every", type=int, default=5, metavar="N",
+                   help="ask both pipelines a question every N frames, for top1_agreement and kl")
+    p.add_argument("--synth-frames", type=int, default=120, help="frames of the synthetic appearance stream")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic appearance stream")
+    p.add_argument("--keep-tokens", type=int, help="stc: tokens kept per frame")
+    p.add_argument("--min-tokens", type=int, help="adaptive: fewest tokens per frame")
+    p.add_argument("--max-tokens", type=int, help="adaptive: most tokens per frame")
+    p.add_argument("--novelty", type=float, help="adaptive: change (cosine distance) that is sent")
+    p.add_argument("--refresh-s", type=float, help="adaptive: each grid cell re-sent this often (0: never)")
+
+
 # name -> (module, arguments, help)
 BENCHES = {
     "lm-stream": ("streamvlm.bench.lm_stream", _lm_stream,
@@ -63,6 +81,7 @@ BENCHES = {
     "kv": ("streamvlm.bench.kv", _kv, "per-frame ingest latency and memory over a long stream, budgeted vs full"),
     "decode": ("streamvlm.bench.decode", _decode, "decode ms per token: this engine vs transformers generate"),
     "vision": ("streamvlm.bench.vision", _vision, "ViT with the delta-token cache vs full recompute, per frame"),
+    "prune": ("streamvlm.bench.prune", _prune, "visual token pruner vs unpruned: tokens, LLM prefill, agreement"),
 }
 
 

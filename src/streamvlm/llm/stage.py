@@ -95,6 +95,8 @@ class LanguageStage:
         if self._newest_ns is not None and batch.stamp_ns <= self._newest_ns:
             raise ValueError(f"frame stamp {batch.stamp_ns} is not after the newest {self._newest_ns}")
         self._start()
+        # A pruned frame's kept tokens go in at consecutive positions, in grid order, as
+        # LLaVA-OneVision's 1-D RoPE places any frame's tokens; batch.positions is for M-RoPE.
         self.engine.prefill(batch.embeddings, logits=False, kind=FRAME, stamp_ns=batch.stamp_ns)
         self._newest_ns = batch.stamp_ns
         self._turn_has_frames = True
@@ -184,6 +186,12 @@ class LanguageStage:
             raise ValueError(f"tokens must be [N > 0, {hidden}], got {tuple(batch.embeddings.shape)}")
         if not bool(torch.isfinite(batch.embeddings).all()):
             raise ValueError("tokens hold NaN or Inf")
+        positions, cells = batch.positions, batch.grid[0] * batch.grid[1]
+        if positions.ndim != 1 or positions.numel() != batch.embeddings.shape[0]:
+            raise ValueError(f"{positions.numel()} positions for {batch.embeddings.shape[0]} tokens")
+        if cells and (int(positions.min()) < 0 or int(positions.max()) >= cells
+                      or bool((positions[1:] <= positions[:-1]).any())):
+            raise ValueError(f"positions must ascend inside the {batch.grid[0]}x{batch.grid[1]} grid")
 
     def question_error(self, question: str) -> str:
         """Why a question is refused whatever the stream holds; "" when it is acceptable."""

@@ -9,6 +9,7 @@ from streamvlm.config import PipelineConfig, VisionConfig
 from streamvlm.models import VisionLanguageModel, load_model
 from streamvlm.types import TokenBatch
 from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
+from streamvlm.vision.pruner import PruneSettings, TokenPruner
 from streamvlm.vision.sampler import FrameSampler
 
 
@@ -17,11 +18,17 @@ def delta_settings(cfg: VisionConfig) -> DeltaSettings:
                          cfg.stc_refresh, cfg.stc_update_ratio)
 
 
+def prune_settings(cfg: VisionConfig) -> PruneSettings:
+    return PruneSettings(cfg.prune_mode, cfg.prune_keep_tokens, cfg.prune_min_tokens, cfg.prune_max_tokens,
+                         cfg.prune_novelty, cfg.prune_refresh_s)
+
+
 class VisionStage:
     def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel):
         self.cfg = cfg
         self.model = model
         self.encoder = DeltaViT(model.tower, delta_settings(cfg.vision))  # mode "off": the full ViT every frame
+        self.pruner = TokenPruner(prune_settings(cfg.vision))
         self.sampler = FrameSampler(cfg.vision.fps)
         self.frames_seen = 0
         self.frames_processed = 0
@@ -36,7 +43,10 @@ class VisionStage:
             raise ValueError("the model settings are fixed while running; reconfigure the node to change them")
         if cfg.vision.fps != self.cfg.vision.fps:
             self.sampler = FrameSampler(cfg.vision.fps)
+        pruning = prune_settings(cfg.vision)  # raises ValueError on inconsistent sizes, before any change
         settings = delta_settings(cfg.vision)
+        if pruning != self.pruner.settings:
+            self.pruner = TokenPruner(pruning)
         if settings != self.encoder.settings:
             self.encoder.settings = settings
             self.encoder.reset()  # the next frame is a full pass under the new settings
@@ -59,12 +69,14 @@ class VisionStage:
         """An accepted frame -> its tokens."""
         _check_frame(frame_rgb)
         tokens, grid = self.encode(self.model.preprocess(frame_rgb))
+        selection = self.pruner.select(tokens[0], stamp_ns)
         batch = TokenBatch(
             stamp_ns=stamp_ns,
             frame_index=self.frames_processed,
-            embeddings=tokens[0],
-            positions=torch.arange(tokens.shape[1]),
+            embeddings=tokens[0, selection.keep],
+            positions=selection.keep,
             grid=grid,
+            novelty=selection.novelty,
             reuse_ratio=self.encoder.last.reuse_ratio,
             model=self.model.name,
         )
@@ -73,7 +85,8 @@ class VisionStage:
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normalized pixels [1, 3, H, W] of the next frame -> tokens [1, N, D] and their grid (rows, cols)."""
+        """Normalized pixels [1, 3, H, W] of the next frame -> all its tokens [1, N, D] (before pruning)
+        and their grid (rows, cols)."""
         return self.model.project(self.encoder(pixels))
 
 

@@ -46,7 +46,8 @@ class VisionWorker(Generic[Item]):
         self.failed = 0  # the encoder raised; logged, and the worker goes on
         self.ms_per_frame = RecentValues()  # decode + encode + hand-on
         self.ms_waiting = RecentValues()  # arrival to the start of encoding: bounded by one frame's work
-        self.tokens_per_frame = RecentValues()
+        self.tokens_per_frame = RecentValues()  # sent to the LLM, after pruning
+        self.novelty = RecentValues()  # share of a frame's tokens that changed
         self.reuse_ratio = RecentValues()
         self.last_frame_monotonic = 0.0
 
@@ -96,6 +97,7 @@ class VisionWorker(Generic[Item]):
             "ms per frame p95": round(self.ms_per_frame.percentile(95), 1),
             "ms waiting p95": round(self.ms_waiting.percentile(95), 1),
             "tokens per frame": round(self.tokens_per_frame.mean(), 1),
+            "changed token share": round(self.novelty.mean(), 3),
             "delta-cache reuse ratio": round(self.reuse_ratio.mean(), 3),
         }
 
@@ -133,4 +135,5 @@ class VisionWorker(Generic[Item]):
         self.processed += 1
         self.ms_per_frame.add((time.perf_counter() - start) * 1e3)
         self.tokens_per_frame.add(batch.num_tokens)
+        self.novelty.add(batch.novelty)
         self.reuse_ratio.add(batch.reuse_ratio)
