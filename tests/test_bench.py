@@ -84,3 +84,15 @@ def test_prune_compares_pruned_and_unpruned_prefill_and_answers(tmp_path):
     keep_all = _bench("prune", *common, "--mode", "adaptive", "--min-tokens", "196", "--max-tokens", "196")
     assert keep_all["tokens_mean"] == 196 and keep_all["appearance_recall"] == 1.0
     assert keep_all["top1_agreement"] == 1.0 and keep_all["kl"] == 0.0
+
+
+def test_answer_compares_reprefill_full_and_memory_and_fills_the_ceiling():
+    out = _bench("answer", "--frames", "24", "--questions", "1", "--budget", "1024", "--tokens-per-frame", "32",
+                 "--answer-tokens", "4", "--ceiling-mb", "1.25", "--capacity-limit", "3000")
+    assert set(out["ttft_ms"]) == {"reprefill", "full", "memory"} and min(out["ttft_ms"].values()) > 0
+    assert out["speedup_vs_reprefill"] > 0 and out["memory_frames_at_questions"] > 0
+    full, memory = out["capacity"]["full"], out["capacity"]["memory"]
+    assert full["reached_ceiling"] and memory["reached_ceiling"] and memory["under_ceiling"]
+    # tiny: 512 B of KV a token, 16 KiB a frame; the stream's first text tokens take a little
+    assert out["capacity_frames"]["full"] == full["frames"] and 78 <= full["frames"] <= 80
+    assert full["bytes"] > 1.25 * 2**20 >= memory["bytes"] and out["capacity_ratio"] > 1

@@ -26,6 +26,7 @@ NODE_ARGS = [
     "-p", "model.name:=tiny", "-p", "compressed:=true", "-p", "vision.fps:=4.0",
     "-p", "language.caption_interval_s:=2.0", "-p", "language.caption_max_new_tokens:=4",
     "-p", "language.max_new_tokens:=6", "-p", "language.max_question_chars:=200",
+    "-p", "language.vision_window_s:=5.0",  # so the 20 s bag sends frames to long-term memory
     "-r", f"image/compressed:={TOPIC}",
 ]
 LLM, ENCODER = "streamvlm: /llm_node", "streamvlm: /encoder_node"
@@ -138,6 +139,10 @@ def test_the_sample_bag_streams_in_and_every_question_is_answered(nodes):
     assert {f"Question {i}?" for i in range(4)} <= answered  # answers are published however asked
     after = probe.ask("And after the stream ended?")  # still serving after the malformed frames
     assert after.success and len(after.evidence) >= len(responses[-1].evidence)
+    # Frames that left the 5 s window come back from long-term memory, and are named as evidence.
+    stamps = [t.sec + t.nanosec / 1e9 for t in after.evidence]
+    assert stamps == sorted(stamps) and stamps[0] < stamps[-1] - 6
+    wait_for(lambda: probe.figure("llm_node", "memory frames") > 0, 10, "frames in long-term memory")
 
 
 def test_diagnostics_report_the_figures_an_operator_needs(nodes):
@@ -149,7 +154,8 @@ def test_diagnostics_report_the_figures_an_operator_needs(nodes):
                 "delta-cache reuse ratio"):
         assert key in encoder, key
     for key in ("frames received", "frames ingested", "frames dropped (stale)", "KV tokens in use",
-                "KV token budget", "questions answered", "questions rejected", "mean answer latency ms"):
+                "KV token budget", "memory frames", "memory MiB", "questions answered", "questions rejected",
+                "mean answer latency ms"):
         assert key in llm, key
     assert int(encoder["frames dropped (invalid)"]) >= 2
     assert float(encoder["tokens per frame"]) > 0 and float(llm["ms per frame p95"]) > 0

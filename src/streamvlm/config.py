@@ -112,6 +112,20 @@ class LanguageConfig:
     repetition_penalty: float = field(default=1.0, metadata={
         "help": "divides the logits of tokens already in the question or answer (1: off)", "range": (0.01, 100.0)})
     seed: int = field(default=0, metadata={"help": "sampling seed (answers are reproducible)", "range": (0, 2**31 - 1)})
+    # Long-term memory (see llm/memory.py): frames that leave the cache, compressed, retrieved per question.
+    memory_max_frames: int = field(default=0, metadata={
+        "help": "long-term memory holds at most this many frames, dropping the oldest (0: no count limit)",
+        "range": (0, 1 << 30)})
+    memory_max_mb: float = field(default=512.0, metadata={
+        "help": "long-term memory size limit in MiB, dropping the oldest frames (0 with memory_max_frames 0: "
+                "memory off)", "range": (0.0, 1 << 20)})
+    memory_keep_ratio: float = field(default=0.25, metadata={
+        "help": "share of an evicted frame's tokens kept in memory, the most attended (1: no compression)",
+        "range": (0.001, 1.0)})
+    memory_top_k: int = field(default=16, metadata={
+        "help": "frames brought back from memory for each question (0: no retrieval)", "range": (0, 4096)})
+    memory_dtype: str = field(default="int8", metadata={
+        "help": "how memory stores keys and values", "choices": ("int8", "float16", "bfloat16", "float32")})
 
 
 @dataclass(frozen=True)

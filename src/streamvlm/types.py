@@ -47,6 +47,7 @@ class Answer:
     error: str = ""
     token_ids: list[int] = field(default_factory=list)  # generated ids, stop token included
     first_logits: "torch.Tensor | None" = None  # [V] logits of the first answer token (tests, diagnostics)
+    first_token_ms: float = 0.0  # from the question to the first answer token's logits
 
 
 @dataclass

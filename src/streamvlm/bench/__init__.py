@@ -74,6 +74,21 @@ def _prune(p) -> None:
     p.add_argument("--refresh-s", type=float, help="adaptive: each grid cell re-sent this often (0: never)")
 
 
+def _answer(p) -> None:
+    p.add_argument("--frames", type=int, default=256, help="frames streamed before the questions (default 256)")
+    p.add_argument("--model", default="tiny", help="vision-language model whose decoder runs (default tiny)")
+    p.add_argument("--tokens-per-frame", type=int, default=196)
+    p.add_argument("--fps", type=float, default=1.0, help="stream rate the frame stamps follow")
+    p.add_argument("--budget", type=int, default=8192, help="KV budget of the memory mode, tokens")
+    p.add_argument("--questions", type=int, default=3, help="questions asked of each mode; medians reported")
+    p.add_argument("--answer-tokens", type=int, default=16, help="max_new_tokens of each answer")
+    p.add_argument("--keep-ratio", type=float, help="memory: share of a frame's tokens kept")
+    p.add_argument("--top-k", type=int, help="memory: frames retrieved per question")
+    p.add_argument("--memory-dtype", choices=("int8", "float16", "bfloat16", "float32"))
+    p.add_argument("--ceiling-mb", type=float, default=32.0, help="memory ceiling of the capacity test, MiB")
+    p.add_argument("--capacity-limit", type=int, default=50000, help="stop pushing frames after this many")
+
+
 # name -> (module, arguments, help)
 BENCHES = {
     "lm-stream": ("streamvlm.bench.lm_stream", _lm_stream,
@@ -81,6 +96,8 @@ BENCHES = {
     "kv": ("streamvlm.bench.kv", _kv, "per-frame ingest latency and memory over a long stream, budgeted vs full"),
     "decode": ("streamvlm.bench.decode", _decode, "decode ms per token: this engine vs transformers generate"),
     "vision": ("streamvlm.bench.vision", _vision, "ViT with the delta-token cache vs full recompute, per frame"),
+    "answer": ("streamvlm.bench.answer", _answer,
+               "answer latency and frame capacity: re-prefill vs full cache vs budgeted cache + memory"),
     "prune": ("streamvlm.bench.prune", _prune, "visual token pruner vs unpruned: tokens, LLM prefill, agreement"),
 }
 

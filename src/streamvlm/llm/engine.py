@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamvlm.llm.kv_cache import TEXT, CacheLayout, KVBuffers, StreamingKVCache
+from streamvlm.llm.kv_cache import FRAME, TEXT, CacheLayout, KVBuffers, StreamingKVCache
+from streamvlm.llm.memory import FrameMemory
 
 
 class StreamingEngine:
@@ -40,6 +41,8 @@ class StreamingEngine:
         self.cos, self.sin = self._rotary_table(slots)  # [slots, head_dim] each
         # Keys rotated for the current step, reused by every layer: no allocation per step.
         self._rotated = torch.empty(self.kv_heads, slots, self.head_dim, dtype=self.dtype, device=self.device)
+        self.score_frames = False  # record the attention each frame token gets from its frame (for memory)
+        self.memory: FrameMemory | None = None
 
     @torch.inference_mode()
     def _rotary_table(self, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,9 +72,50 @@ class StreamingEngine:
 
     def reset(self) -> None:
         self.cache.reset()
+        if self.memory is not None:
+            self.memory.clear()
 
     def make_room(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> None:
         self.cache.make_room(incoming, kind, stamp_ns)
+
+    @property
+    def free(self) -> int:
+        """Slots free now, without evicting anything."""
+        return self.cache.policy.layout.budget_tokens - self.cache.length
+
+    @torch.inference_mode()
+    def probe_queries(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Mean query of these tokens [T, D] in every layer, before RoPE: [layers, q_heads, head_dim],
+        computed over the context as it is. Nothing is appended (needs T free slots)."""
+        captured: list[torch.Tensor] = []
+        self._forward(embeds.to(self.device, self.dtype)[None], self.cache.length, capture=captured)
+        return torch.stack(captured)
+
+    def attach_memory(self, memory: FrameMemory | None) -> None:
+        """Frames evicted from now on go to `memory` (None: they are dropped)."""
+        self.memory = memory
+        self.cache.on_evict = self._remember if memory is not None else None
+        self.score_frames = memory is not None and memory.settings.keep_ratio < 1
+
+    def _remember(self, frames, buffers) -> None:
+        for span in frames:
+            slots = slice(span.start, span.start + span.length)
+            self.memory.add(buffers.keys[:, :, slots], buffers.values[:, :, slots],
+                            buffers.scores[0, 0, slots, 0], span.stamp_ns)
+
+    @torch.inference_mode()
+    def recall(self, question: torch.Tensor, max_tokens: int) -> list[int]:
+        """Bring back the stored frames that best match the question's embeddings [T, D],
+        at most `max_tokens` of them, until `remove_retrieved`; returns their stamps."""
+        if self.memory is None or not len(self.memory) or max_tokens <= 0:
+            return []
+        frames = self.memory.retrieve(self.probe_queries(question), max_tokens, self.device, self.dtype)
+        if frames:
+            self.cache.insert_frames(frames)
+        return [stamp for _, _, stamp in frames]
+
+    def remove_retrieved(self) -> None:
+        self.cache.remove_retrieved()
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
@@ -86,9 +130,10 @@ class StreamingEngine:
         start = self.cache.policy.append(kind, steps, stamp_ns)
         embeds = embeds.to(self.device, self.dtype)
         outputs = []
+        score = self.score_frames and kind == FRAME
         for offset in range(0, steps, self.prefill_chunk):
             chunk = embeds[offset:offset + self.prefill_chunk]
-            hidden = self._forward(chunk[None], start + offset)  # [1, t, D]
+            hidden = self._forward(chunk[None], start + offset, score=score)  # [1, t, D]
             if all_logits:
                 outputs.append(self.lm_head(hidden)[0].float())
             elif logits and offset + self.prefill_chunk >= steps:
@@ -104,8 +149,13 @@ class StreamingEngine:
         embeds = self.decoder.get_input_embeddings()(ids)[0]
         return self.prefill(embeds, logits, TEXT, evict=evict, all_logits=all_logits)
 
-    def _forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Hidden states [1, T, D] for tokens at slots start..start+T-1, written into the cache."""
+    def _forward(self, x: torch.Tensor, start: int, score: bool = False,
+                 capture: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Hidden states [1, T, D] for tokens at slots start..start+T-1, written into the cache.
+
+        score: add to `buffers.scores` the attention each token gets from these tokens.
+        capture: append each layer's mean query before RoPE [q_heads, head_dim].
+        """
         steps = x.shape[1]
         end = start + steps
         group = self.q_heads // self.kv_heads
@@ -125,6 +175,8 @@ class StreamingEngine:
             v = attn.v_proj(h).view(steps, self.kv_heads, self.head_dim)
             if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before RoPE
                 q, k = attn.q_norm(q), attn.k_norm(k)
+            if capture is not None:
+                capture.append(q.float().mean(dim=0))
             self.cache.buffers.write(index, start, k.transpose(0, 1), v.transpose(0, 1))
             q = _rotate(q.transpose(0, 1), cos_q, sin_q)  # [Hq, T, d]
             q = q.reshape(self.kv_heads, group * steps, self.head_dim)  # [Hkv, group*T, d]
@@ -132,10 +184,28 @@ class StreamingEngine:
             values = self.cache.buffers.values[index, :, :end]  # [Hkv, L, d]
             out = F.scaled_dot_product_attention(q[None], rotated[None], values[None], attn_mask=mask,
                                                  scale=self.scaling)  # [1, Hkv, group*T, d]
+            if score:
+                self._score(q, rotated[:, start:end], start, index == 0)
             out = out.view(self.q_heads, steps, self.head_dim).transpose(0, 1).reshape(1, steps, -1)
             x = x + attn.o_proj(out)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.decoder.norm(x)
+
+
+    def _score(self, q: torch.Tensor, keys: torch.Tensor, start: int, first_layer: bool) -> None:
+        """Vision-to-vision attention, LiveVLM's compression metric: how much the chunk's own
+        tokens attend to each of them (causal), summed over heads and layers. A column is
+        divided by the number of queries that can see it, so early tokens are not favoured."""
+        steps = keys.shape[1]
+        group = q.shape[1] // steps
+        logits = torch.matmul(q, keys.transpose(1, 2)).float() * self.scaling  # [Hkv, group*T, T]
+        causal = torch.ones(steps, steps, dtype=torch.bool, device=self.device).tril().repeat(group, 1)
+        received = logits.masked_fill(~causal, float("-inf")).softmax(dim=-1).sum(dim=(0, 1))  # [T]
+        seen_by = torch.arange(steps, 0, -1, device=self.device) * (q.shape[0] * group)
+        slots = self.cache.buffers.scores[0, 0, start:start + steps, 0]
+        if first_layer:
+            slots.zero_()
+        slots.add_(received / seen_by)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,7 @@ class Span:
     length: int
     stamp_ns: int = 0  # frames: camera stamp
     pinned: bool = False  # sinks and text sink never leave
+    retrieved: bool = False  # a frame brought back from long-term memory for one answer
 
 
 class StreamingPolicy:
@@ -82,9 +83,11 @@ class StreamingPolicy:
         self.used = 0  # slots in use: 0..used-1
         self.streamed = 0  # tokens ever appended
         self.text_sink_used = 0  # text tokens pinned as the text sink so far
+        self.evicted_frames: list[Span] = []  # frames the last evict_for removed (slots from before it)
 
     def reset(self) -> None:
         self.spans.clear()
+        self.evicted_frames = []
         self.used = self.streamed = self.text_sink_used = 0
 
     @property
@@ -179,15 +182,50 @@ class StreamingPolicy:
 
     def _remove(self, cut: list[int]) -> list[tuple[int, int]]:
         removed, spans, shift = [], self.spans, 0
-        self.spans = []
+        self.spans, self.evicted_frames = [], []
         for span, n in zip(spans, cut):
             if n:
                 removed.append((span.start, n))
+                if span.kind == FRAME and not span.retrieved:
+                    self.evicted_frames.append(span)
             if n < span.length:
                 # The kept tail starts where the span started, less everything removed before it.
-                self._push(Span(span.kind, span.start - shift, span.length - n, span.stamp_ns, span.pinned))
+                self._push(Span(span.kind, span.start - shift, span.length - n, span.stamp_ns, span.pinned,
+                                span.retrieved))
             shift += n
         self.used -= shift
+        return removed
+
+    def insertion_slot(self) -> int:
+        """Where retrieved memory goes: after the leading pinned spans (sinks, text sink),
+        before the first span the windows manage."""
+        for span in self.spans:
+            if not span.pinned:
+                return span.start
+        return self.used
+
+    def insert_frames(self, at: int, frames: list[tuple[int, int]]) -> None:
+        """Record retrieved frames, (length, stamp_ns) each in time order, at slot `at`
+        (a span boundary); later spans move up. They stay until `remove_retrieved`."""
+        total = sum(length for length, _ in frames)
+        if self.used + total > self.layout.budget_tokens:
+            raise CacheFull(f"{total} retrieved tokens do not fit: {self.used} of {self.layout.budget_tokens} in use")
+        index = next((i for i, s in enumerate(self.spans) if s.start >= at), len(self.spans))
+        if (self.spans[index].start if index < len(self.spans) else self.used) != at:
+            raise ValueError(f"slot {at} is not a span boundary")
+        for span in self.spans[index:]:
+            span.start += total
+        new, slot = [], at
+        for length, stamp in frames:
+            new.append(Span(FRAME, slot, length, stamp, pinned=True, retrieved=True))
+            slot += length
+        self.spans[index:index] = new
+        self.used += total
+
+    def remove_retrieved(self) -> list[tuple[int, int]]:
+        """Drop the retrieved frames; returns their slot ranges, as `evict_for` does."""
+        removed = self._remove([s.length if s.retrieved else 0 for s in self.spans])
+        self.evicted_frames = []
         return removed
 
     def check(self) -> None:
@@ -209,6 +247,13 @@ class KVBuffers:
         shape = (layers, kv_heads, slots, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        # Attention each slot received from its own frame's tokens (long-term memory keeps
+        # the most attended ones). Shaped so that slots are dim 2, like the keys.
+        self.scores = torch.zeros((1, 1, slots, 1), dtype=torch.float32, device=device)
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.keys, self.values, self.scores
 
     def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """keys, values [kv_heads, T, head_dim] into slots start..start+T-1."""
@@ -222,10 +267,24 @@ class KVBuffers:
         for start, length in [*removed, (used_before, 0)]:
             if start > read:  # slots read..start-1 stay
                 if write != read:
-                    for buf in (self.keys, self.values):
+                    for buf in self.tensors:
                         _move_down(buf, write, read, start - read)
                 write += start - read
             read = start + length
+
+
+    def open_gap(self, at: int, length: int, used: int) -> None:
+        """Move slots at..used-1 up by `length`, leaving at..at+length-1 free to write."""
+        for buf in self.tensors:
+            _move_up(buf, at, at + length, used - at)
+
+
+def _move_up(buf: torch.Tensor, src: int, dst: int, length: int) -> None:
+    # The mirror of _move_down: pieces no longer than the gap, the last piece first.
+    gap = dst - src
+    for end in range(length, 0, -gap):
+        n = min(gap, end)
+        buf[:, :, dst + end - n:dst + end].copy_(buf[:, :, src + end - n:src + end])
 
 
 def _move_down(buf: torch.Tensor, dst: int, src: int, length: int) -> None:
@@ -244,6 +303,7 @@ class StreamingKVCache:
         self.policy = StreamingPolicy(layout)
         self.buffers = buffers
         self.evicted_tokens = 0
+        self.on_evict = None  # called with (evicted frame spans, buffers) before their slots are reused
 
     @property
     def length(self) -> int:
@@ -257,9 +317,31 @@ class StreamingKVCache:
         used_before = self.policy.used
         removed = self.policy.evict_for(incoming, kind, stamp_ns)
         if removed:
+            if self.on_evict is not None and self.policy.evicted_frames:
+                self.on_evict(self.policy.evicted_frames, self.buffers)  # before their slots are reused
             self.buffers.close_gaps(removed, used_before)
             self.evicted_tokens += sum(n for _, n in removed)
         return removed
+
+    def insert_frames(self, frames: list[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
+        """Put retrieved frames, (keys, values [layers, kv_heads, n, head_dim], stamp_ns) in
+        time order, between the pinned spans and the windows, at contiguous slots."""
+        at = self.policy.insertion_slot()
+        used_before = self.policy.used
+        self.policy.insert_frames(at, [(k.shape[2], stamp) for k, _, stamp in frames])
+        total = self.policy.used - used_before
+        self.buffers.open_gap(at, total, used_before)
+        for keys, values, _ in frames:
+            n = keys.shape[2]
+            self.buffers.keys[:, :, at:at + n].copy_(keys)
+            self.buffers.values[:, :, at:at + n].copy_(values)
+            at += n
+
+    def remove_retrieved(self) -> None:
+        used_before = self.policy.used
+        removed = self.policy.remove_retrieved()
+        if removed:
+            self.buffers.close_gaps(removed, used_before)
 
 
 @dataclass(frozen=True)

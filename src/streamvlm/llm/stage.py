@@ -15,6 +15,7 @@ from streamvlm.config import LanguageConfig, PipelineConfig
 from streamvlm.llm.decoding import Sampling, generate
 from streamvlm.llm.engine import StreamingEngine
 from streamvlm.llm.kv_cache import FRAME, CacheLayout
+from streamvlm.llm.memory import FrameMemory, MemorySettings
 from streamvlm.llm.reference import FullAttentionEngine
 from streamvlm.models import VisionLanguageModel
 from streamvlm.types import Answer, Caption, TokenBatch
@@ -29,11 +30,21 @@ def sampling(cfg: LanguageConfig) -> Sampling:
     return Sampling(cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.seed)
 
 
+def memory_settings(cfg: LanguageConfig) -> MemorySettings:
+    return MemorySettings(cfg.memory_max_frames, round(cfg.memory_max_mb * 2**20), cfg.memory_keep_ratio,
+                          cfg.memory_top_k, cfg.memory_dtype)
+
+
 def make_engine(cfg: LanguageConfig, model: VisionLanguageModel) -> StreamingEngine | FullAttentionEngine:
-    """The streaming engine at the configured budget, or the full-attention reference at budget 0."""
+    """The streaming engine at the configured budget, with long-term memory when it is on,
+    or the full-attention reference (which never evicts) at budget 0."""
     if cfg.kv_budget_tokens == 0:
         return FullAttentionEngine(model.decoder, model.lm_head)
-    return StreamingEngine(model.decoder, model.lm_head, cache_layout(cfg), cfg.prefill_chunk_tokens)
+    engine = StreamingEngine(model.decoder, model.lm_head, cache_layout(cfg), cfg.prefill_chunk_tokens)
+    settings = memory_settings(cfg)
+    if settings.enabled:
+        engine.attach_memory(FrameMemory(settings, engine.device))
+    return engine
 
 
 class LanguageStage:
@@ -60,9 +71,18 @@ class LanguageStage:
         if cfg.language.kv_budget_tokens != self.cfg.language.kv_budget_tokens:
             raise ValueError("language.kv_budget_tokens sizes the preallocated cache; it is fixed while running")
         layout = cache_layout(cfg.language) if cfg.language.kv_budget_tokens else None  # validates the sizes
+        memory = memory_settings(cfg.language)
         if isinstance(self.engine, StreamingEngine):
             self.engine.cache.policy.layout = layout
             self.engine.prefill_chunk = cfg.language.prefill_chunk_tokens
+            if not memory.enabled:
+                self.engine.attach_memory(None)
+            elif self.engine.memory is None:
+                self.engine.attach_memory(FrameMemory(memory, self.engine.device))
+            elif memory != self.engine.memory.settings:
+                self.engine.memory.settings = memory  # new limits apply now, compression to new frames
+                self.engine.memory.enforce_budget()
+                self.engine.attach_memory(self.engine.memory)
         self.cfg = cfg
 
     @property
@@ -79,6 +99,11 @@ class LanguageStage:
     def frame_stamps(self) -> list[int]:
         """Stamps of the frames in the context now, oldest first."""
         return list(self.engine.frame_stamps)
+
+    @property
+    def memory(self) -> FrameMemory | None:
+        """Long-term memory of the frames that left the context (None when off)."""
+        return getattr(self.engine, "memory", None)
 
     @property
     def has_frames(self) -> bool:
@@ -119,16 +144,21 @@ class LanguageStage:
             error = self._reserve(prompt_ids.numel() + limit)
         if error:
             return Answer(question, "", self.newest_stamp_ns, 0.0, success=False, error=error)
+        self._recall(question, prompt_ids.numel() + limit)
         logits = self._close_turn(prompt_ids)
-        evidence = self.frame_stamps  # the frames this answer attends to
+        first_token_ms = (time.perf_counter() - start) * 1e3
+        evidence = self.frame_stamps  # the frames this answer attends to, retrieved ones included
         generation = generate(self.engine, logits, limit, self.model.stop_token_ids,
                               sampling(self.cfg.language), prompt_ids)
+        if self.memory is not None:
+            self.engine.remove_retrieved()  # the streaming context is as it was, plus this turn
         self._open_turn(generation.token_ids, generation.stopped)
         ids = [t for t in generation.token_ids if t not in self.model.stop_token_ids]
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
         latency = (time.perf_counter() - start) * 1e3
         return Answer(question, text, self.newest_stamp_ns, latency, evidence,
-                      token_ids=generation.token_ids, first_logits=generation.first_logits)
+                      token_ids=generation.token_ids, first_logits=generation.first_logits,
+                      first_token_ms=first_token_ms)
 
     def maybe_caption(self) -> Caption | None:
         """A caption when `caption_interval_s` of stream has passed since the last one."""
@@ -156,13 +186,28 @@ class LanguageStage:
         return self._turn_has_frames and self.model.frames_end_embedding is not None
 
     def _reserve(self, tokens: int) -> str:
-        """Evict now for the whole question and answer, so decoding never evicts; or say why not."""
+        """Evict now for the whole question and answer, so decoding never evicts; or say why not.
+        With long-term memory, also for the frames a question may bring back, room allowing."""
         tokens += self._closes_frames()
         if tokens > self.engine.room:
             return (f"the question and answer need {tokens} tokens of KV cache; at most {self.engine.room} "
                     f"can be freed (language.kv_budget_tokens = {self.cfg.language.kv_budget_tokens})")
-        self.engine.make_room(tokens)
+        self.engine.make_room(tokens + min(self._recall_tokens(), self.engine.room - tokens))
         return ""
+
+    def _recall_tokens(self) -> int:
+        """The most tokens retrieval could bring back: the top_k largest stored frames."""
+        if self.memory is None:
+            return 0
+        sizes = sorted((f.tokens for f in self.memory.frames), reverse=True)
+        return sum(sizes[: self.memory.settings.top_k])
+
+    def _recall(self, question: str, reserved: int) -> None:
+        """Bring back the stored frames that match the question into the free slots."""
+        if self.memory is None:
+            return
+        room = self.engine.free - reserved - self._closes_frames()
+        self.engine.recall(self.model.embed_tokens(self.model.tokenize(question))[0], room)
 
     def _close_turn(self, prompt_ids: torch.Tensor) -> torch.Tensor:
         if self._closes_frames():

@@ -167,12 +167,20 @@ class LanguageWorker:
             "KV tokens in use": self.stage.context_tokens,
             "KV token budget": self.stage.cfg.language.kv_budget_tokens or "unbounded (full attention)",
             "KV tokens evicted": self.stage.evicted_tokens,
+            **self._memory_status(),
             "questions answered": self.answered,
             "questions rejected": self.rejected,
             "questions waiting": len(self._questions),
             "mean answer latency ms": round(self.answer_ms.mean(), 1),
             "captions": self.captions,
         }
+
+    def _memory_status(self) -> dict[str, Any]:
+        memory = self.stage.memory
+        if memory is None:
+            return {"long-term memory": "off"}
+        return {"memory frames": len(memory), "memory MiB": round(memory.nbytes / 2**20, 2),
+                "memory frames dropped (full)": memory.dropped}
 
     def _refuse(self, question: str, error: str, future: "Future[Answer]") -> None:
         answer = Answer(question if isinstance(question, str) else "", "", self.stage.newest_stamp_ns, 0.0,

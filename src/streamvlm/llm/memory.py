@@ -1,0 +1,171 @@
+"""Long-term video memory: the KV of frames that left the vision window, compressed,
+retrieved per question.
+
+After LiveVLM (arXiv 2505.15269) and ReKV (ICLR 2025, github.com/Becomebright/ReKV):
+- A frame leaving the streaming cache keeps `keep_ratio` of its tokens, those its own
+  tokens attended to most (LiveVLM's vision-to-vision attention), with keys before RoPE
+  (position-agnostic, as LiveVLM's retrieval wants), optionally stored as int8.
+- Its retrieval key is the mean of its keys before RoPE, per layer (ReKV), taken over all
+  of its tokens before compression.
+- A question's summary is the mean of its queries before RoPE, per layer. A frame's score
+  is the cosine of the two, with each key head repeated for the query heads that share it,
+  averaged over layers. ReKV retrieves per layer; one ranking for all layers is used here
+  so that an answer can name the frames it used.
+- The store is bounded in frames and in bytes; when full, the oldest frame is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+STORE_DTYPES = ("int8", "float16", "bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    max_frames: int = 0  # 0: no count limit
+    max_bytes: int = 512 * 2**20  # 0: no byte limit (both 0: memory off)
+    keep_ratio: float = 0.25  # share of a frame's tokens kept (1: no compression)
+    top_k: int = 16  # frames retrieved per question
+    dtype: str = "int8"
+
+    def __post_init__(self):
+        if not 0 < self.keep_ratio <= 1:
+            raise ValueError(f"keep_ratio must be in (0, 1]; got {self.keep_ratio}")
+        if self.dtype not in STORE_DTYPES:
+            raise ValueError(f"memory dtype must be one of {', '.join(STORE_DTYPES)}; got {self.dtype!r}")
+        if min(self.max_frames, self.max_bytes, self.top_k) < 0:
+            raise ValueError("memory sizes must not be negative")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.max_frames or self.max_bytes) and self.top_k > 0
+
+
+@dataclass
+class StoredFrame:
+    stamp_ns: int
+    keys: torch.Tensor  # [layers, kv_heads, n, head_dim], before RoPE, in the store's dtype
+    values: torch.Tensor
+    key_scale: torch.Tensor | None  # int8: [layers, kv_heads, n, 1] per-token absmax scales
+    value_scale: torch.Tensor | None
+    summary: torch.Tensor  # [layers, kv_heads, head_dim] float16, the mean key
+
+    @property
+    def tokens(self) -> int:
+        return int(self.keys.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        parts = (self.keys, self.values, self.key_scale, self.value_scale, self.summary)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+
+class FrameMemory:
+    """Compressed frames in time order, with their retrieval keys."""
+
+    def __init__(self, settings: MemorySettings, device: torch.device | str = "cpu"):
+        self.settings = settings
+        self.device = torch.device(device)
+        self.frames: deque[StoredFrame] = deque()
+        self.nbytes = 0
+        self.dropped = 0  # frames dropped because the store was full
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def clear(self) -> None:
+        self.frames.clear()
+        self.nbytes = 0
+
+    @property
+    def stamps(self) -> list[int]:
+        return [f.stamp_ns for f in self.frames]
+
+    def add(self, keys: torch.Tensor, values: torch.Tensor, importance: torch.Tensor, stamp_ns: int) -> None:
+        """A frame's keys (before RoPE) and values [layers, kv_heads, n, head_dim], and the
+        attention its tokens received [n]."""
+        summary = keys.float().mean(dim=2)
+        keep = max(1, math.ceil(self.settings.keep_ratio * keys.shape[2]))
+        if keep < keys.shape[2]:
+            index = torch.topk(importance.float(), keep).indices.sort().values.to(keys.device)
+            keys, values = keys.index_select(2, index), values.index_select(2, index)
+        frame = StoredFrame(stamp_ns, *_pack(keys, values, self.settings.dtype, self._placement()),
+                            summary=summary.to(self._placement(), torch.float16))
+        self.frames.append(frame)
+        self.nbytes += frame.nbytes
+        self.enforce_budget()
+
+    def _placement(self) -> torch.device:
+        # On the accelerator while it has room to spare, else in host memory (pinned where
+        # CUDA exists, so that loading it back for an answer is one fast copy).
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            if free > max(2**30, total // 10):
+                return self.device
+        return torch.device("cpu")
+
+    def enforce_budget(self) -> None:
+        s = self.settings
+        while self.frames and ((s.max_frames and len(self.frames) > s.max_frames)
+                               or (s.max_bytes and self.nbytes > s.max_bytes)):
+            self.nbytes -= self.frames.popleft().nbytes
+            self.dropped += 1
+
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """queries [layers, q_heads, head_dim] (a question's mean query per layer) ->
+        [frames] cosine against each frame's mean key, averaged over layers."""
+        if not self.frames:
+            return torch.zeros(0)
+        keys = torch.stack([f.summary for f in self.frames]).to(queries.device, torch.float32)  # [F, L, Hkv, d]
+        layers, kv_heads, dim = keys.shape[1:]
+        group = queries.shape[1] // kv_heads
+        q = queries.float().reshape(layers, kv_heads, group, dim)
+        # cos(q, k repeated per group) = sum_h (sum_g q_hg) . k_h / (|q| sqrt(group) |k|), per layer
+        dot = torch.einsum("lhd,flhd->fl", q.sum(dim=2), keys)
+        norms = q.flatten(1).norm(dim=1) * math.sqrt(group) * keys.flatten(2).norm(dim=2)
+        return (dot / norms.clamp_min(1e-12)).mean(dim=1)
+
+    def retrieve(self, queries: torch.Tensor, max_tokens: int, device: torch.device, dtype: torch.dtype
+                 ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The best `top_k` frames for these queries that fit in `max_tokens`, in time order,
+        as (keys, values, stamp_ns) on `device` in `dtype`."""
+        chosen, tokens = [], 0
+        for index in torch.argsort(self.scores(queries), descending=True, stable=True).tolist():
+            if len(chosen) == self.settings.top_k:
+                break
+            frame = self.frames[index]
+            if tokens + frame.tokens <= max_tokens:
+                chosen.append(index)
+                tokens += frame.tokens
+        return [_unpack(self.frames[i], device, dtype) for i in sorted(chosen)]
+
+
+def _pack(keys: torch.Tensor, values: torch.Tensor, dtype: str, device: torch.device):
+    pin = device.type == "cpu" and torch.cuda.is_available()
+    if dtype == "int8":
+        (k, ks), (v, vs) = _quantize(keys), _quantize(values)
+        parts = (k, v, ks, vs)
+    else:
+        target = getattr(torch, dtype)  # a copy even when the dtype matches: the inputs are cache views
+        parts = (keys.to(target, copy=True), values.to(target, copy=True), None, None)
+    moved = [None if t is None else t.to(device) for t in parts]
+    return [t.pin_memory() if pin and t is not None else t for t in moved]
+
+
+def _quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one scale per token and head (absmax / 127)."""
+    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127
+    return torch.round(x.float() / scale).to(torch.int8), scale.to(torch.float16)
+
+
+def _unpack(frame: StoredFrame, device: torch.device, dtype: torch.dtype):
+    keys, values = frame.keys.to(device, non_blocking=True), frame.values.to(device, non_blocking=True)
+    if frame.key_scale is not None:
+        keys = keys.float() * frame.key_scale.to(device).float()
+        values = values.float() * frame.value_scale.to(device).float()
+    return keys.to(dtype), values.to(dtype), frame.stamp_ns

@@ -1,0 +1,144 @@
+"""Long-term memory: storage, compression and retrieval mechanics, and exactness end to end.
+
+The retrieval tests use constructed keys, so they hold whatever the weights. The exactness
+test uses the tiny LLaVA-OneVision against transformers' own forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streamvlm.config import PipelineConfig
+from streamvlm.llm.memory import FrameMemory, MemorySettings
+from streamvlm.llm.stage import LanguageStage
+from streamvlm.pipeline import StreamingVLM
+
+S = 10**9
+LAYERS, KV_HEADS, GROUP, DIM = 3, 2, 2, 8
+
+
+def _frame(seed: int, tokens: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shape = (LAYERS, KV_HEADS, tokens, DIM)
+    return torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+
+
+def _query_for(keys: torch.Tensor) -> torch.Tensor:
+    """A question whose mean query per layer is the frame's mean key, for every query head."""
+    return keys.mean(dim=2).repeat_interleave(GROUP, dim=1)  # [layers, q_heads, d]
+
+
+def _memory(**settings) -> FrameMemory:
+    return FrameMemory(MemorySettings(**{"keep_ratio": 1.0, "dtype": "float32", "top_k": 3, **settings}))
+
+
+def test_the_frame_whose_key_matches_the_question_is_retrieved_first():
+    memory = _memory()
+    frames = [_frame(i) for i in range(12)]
+    for i, (k, v) in enumerate(frames):
+        memory.add(k, v, torch.ones(10), (i + 1) * S)
+    for target in (0, 5, 11):
+        scores = memory.scores(_query_for(frames[target][0]))
+        assert int(scores.argmax()) == target and float(scores[target]) == pytest.approx(1.0, abs=1e-3)
+        chosen = memory.retrieve(_query_for(frames[target][0]), 1000, torch.device("cpu"), torch.float32)
+        stamps = [stamp for _, _, stamp in chosen]
+        assert len(stamps) == 3 and (target + 1) * S in stamps and stamps == sorted(stamps)  # time order
+        keys, values, _ = chosen[stamps.index((target + 1) * S)]
+        assert torch.equal(keys, frames[target][0]) and torch.equal(values, frames[target][1])
+    # A token limit takes the best frames that fit.
+    assert len(memory.retrieve(_query_for(frames[3][0]), 25, torch.device("cpu"), torch.float32)) == 2
+
+
+def test_compression_keeps_the_most_attended_tokens_and_the_key_of_the_whole_frame():
+    memory = _memory(keep_ratio=0.3)
+    keys, values = _frame(0)
+    importance = torch.tensor([0.1, 5.0, 0.2, 4.0, 0.3, 0.0, 3.0, 0.1, 0.1, 0.1])
+    memory.add(keys, values, importance, S)
+    stored = memory.frames[0]
+    assert stored.tokens == 3
+    assert torch.equal(stored.keys, keys[:, :, [1, 3, 6]]) and torch.equal(stored.values, values[:, :, [1, 3, 6]])
+    assert torch.allclose(stored.summary.float(), keys.mean(dim=2), atol=2e-3)
+
+
+def test_int8_storage_is_close_and_four_times_smaller():
+    exact, small = _memory(), _memory(dtype="int8")
+    keys, values = _frame(1, tokens=64)
+    exact.add(keys, values, torch.ones(64), S)
+    small.add(keys, values, torch.ones(64), S)
+    k, v, _ = small.retrieve(_query_for(keys), 1000, torch.device("cpu"), torch.float32)[0]
+    assert (k - keys).abs().max() <= keys.abs().amax(dim=-1, keepdim=True).max() / 127
+    assert torch.allclose(v, values, atol=0.05)
+    payload = lambda m: m.frames[0].keys.nbytes + m.frames[0].values.nbytes  # noqa: E731
+    assert payload(exact) == 4 * payload(small)
+
+
+def test_budget_drops_the_oldest_frames():
+    memory = _memory(max_frames=3)
+    for i in range(5):
+        memory.add(*_frame(i), torch.ones(10), (i + 1) * S)
+    assert memory.stamps == [3 * S, 4 * S, 5 * S] and memory.dropped == 2
+    by_bytes = _memory(max_bytes=3 * memory.frames[0].nbytes + 10)
+    for i in range(5):
+        by_bytes.add(*_frame(i), torch.ones(10), (i + 1) * S)
+    assert len(by_bytes) == 3 and by_bytes.nbytes <= 3 * memory.frames[0].nbytes + 10
+    with pytest.raises(ValueError, match="keep_ratio"):
+        MemorySettings(keep_ratio=0.0)
+
+
+def _vlm(model, **language) -> StreamingVLM:
+    cfg = PipelineConfig().replace(
+        model={"name": "tiny"}, vision={"fps": 0.0, "delta_mode": "off", "prune_mode": "off"},
+        language={"caption_interval_s": 0.0, "vision_window_s": 0.0, **language})
+    return StreamingVLM(cfg, model)
+
+
+def test_lossless_memory_answers_as_full_attention_over_every_frame(tiny_model, frames):
+    """Compression off, k = every stored frame: the frames that left the window come back
+    between the sinks and the window at contiguous positions, and the answer equals
+    transformers' forward over all frames and the question."""
+    from test_exactness import ATOL, QUESTION, _hf_prompt_ids, _pixels
+
+    vlm = _vlm(tiny_model, memory_keep_ratio=1.0, memory_dtype="float32", memory_top_k=16)
+    stream = frames + [f[::-1].copy() for f in frames]  # 6 frames
+    for i, frame in enumerate(stream):
+        vlm.push(frame, (i + 1) * S)
+    stage: LanguageStage = vlm.language
+    # Shrink the window: at the question, frames 2-4 leave into memory (the tiny model's
+    # 2-token stream prefix leaves the first frame holding attention sinks: it stays).
+    stage.reconfigure(stage.cfg.replace(language={"vision_window_frames": 2}))
+    answer = vlm.ask(QUESTION, max_new_tokens=4)
+
+    assert answer.success, answer.error
+    assert answer.evidence_ns == [(i + 1) * S for i in range(6)]  # 3 retrieved + 3 in the context
+    ids = _hf_prompt_ids(tiny_model, len(stream), QUESTION)
+    with torch.inference_mode():
+        reference = tiny_model.hf_model(input_ids=ids, pixel_values_videos=_pixels(tiny_model, stream))
+    torch.testing.assert_close(answer.first_logits, reference.logits[0, -1].float(), atol=ATOL, rtol=0)
+    # Afterwards the streaming context is as before (plus the turn); memory keeps the 3.
+    assert stage.frame_stamps == [S, 5 * S, 6 * S] and stage.memory.stamps == [2 * S, 3 * S, 4 * S]
+    stage.engine.cache.policy.check()
+
+
+def test_retrieval_leaves_the_streaming_cache_as_it_was(tiny_model):
+    vlm = _vlm(tiny_model, vision_window_frames=2, memory_top_k=2)
+    stage: LanguageStage = vlm.language
+    g = torch.Generator().manual_seed(0)
+    hidden = tiny_model.decoder.config.hidden_size
+    from streamvlm.types import TokenBatch
+
+    for i in range(6):
+        stage.ingest(TokenBatch((i + 1) * S, i, torch.randn(50, hidden, generator=g) * 0.02, torch.arange(50),
+                                (14, 14), model="tiny"))
+    stage._start()
+    stage._reserve(40)
+    engine = stage.engine
+    used = engine.length
+    keys = engine.cache.buffers.keys[:, :, :used].clone()
+    stamps = engine.recall(tiny_model.embed_tokens(tiny_model.tokenize("what was red?"))[0], 500)
+    assert len(stamps) == 2 and engine.length == used + sum(f.tokens for f in stage.memory.frames
+                                                            if f.stamp_ns in stamps)
+    assert stage.frame_stamps == sorted(stamps + [S, 5 * S, 6 * S])
+    engine.remove_retrieved()
+    assert engine.length == used and stage.frame_stamps == [S, 5 * S, 6 * S]
+    assert torch.equal(engine.cache.buffers.keys[:, :, :used], keys)
