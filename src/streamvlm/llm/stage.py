@@ -130,8 +130,10 @@ class LanguageStage:
         if self._caption_from_ns is None:
             self._caption_from_ns = batch.stamp_ns
 
-    def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
-        """Answer from what the context holds now; the question and answer stay in it."""
+    def ask(self, question: str, max_new_tokens: int | None = None, recall: bool = True) -> Answer:
+        """Answer from what the context holds now, and from the frames long-term memory
+        brings back for this question (unless `recall` is off); the question and answer
+        stay in the context."""
         start = time.perf_counter()
         error = self.question_error(question)
         if not error and not self.has_frames:
@@ -141,10 +143,11 @@ class LanguageStage:
         if not error:
             self._start()
             prompt_ids = self._question_ids(question)
-            error = self._reserve(prompt_ids.numel() + limit)
+            error = self._reserve(prompt_ids.numel() + limit, recall)
         if error:
             return Answer(question, "", self.newest_stamp_ns, 0.0, success=False, error=error)
-        self._recall(question, prompt_ids.numel() + limit)
+        if recall:
+            self._recall(question, prompt_ids.numel() + limit)
         logits = self._close_turn(prompt_ids)
         first_token_ms = (time.perf_counter() - start) * 1e3
         evidence = self.frame_stamps  # the frames this answer attends to, retrieved ones included
@@ -168,7 +171,8 @@ class LanguageStage:
         if self.newest_stamp_ns - self._caption_anchor_ns < interval * 1e9:
             return None
         start_ns = self._caption_from_ns
-        answer = self.ask(self.cfg.language.caption_prompt, self.cfg.language.caption_max_new_tokens)
+        # A caption tells what happened since the last one: the window, not long-term memory.
+        answer = self.ask(self.cfg.language.caption_prompt, self.cfg.language.caption_max_new_tokens, recall=False)
         self._caption_anchor_ns = answer.stamp_ns
         self._caption_from_ns = None  # the next frame starts the next caption's span
         return Caption(answer.text, start_ns, answer.stamp_ns, answer.latency_ms)
@@ -185,14 +189,15 @@ class LanguageStage:
     def _closes_frames(self) -> bool:
         return self._turn_has_frames and self.model.frames_end_embedding is not None
 
-    def _reserve(self, tokens: int) -> str:
+    def _reserve(self, tokens: int, recall: bool = True) -> str:
         """Evict now for the whole question and answer, so decoding never evicts; or say why not.
         With long-term memory, also for the frames a question may bring back, room allowing."""
         tokens += self._closes_frames()
         if tokens > self.engine.room:
             return (f"the question and answer need {tokens} tokens of KV cache; at most {self.engine.room} "
                     f"can be freed (language.kv_budget_tokens = {self.cfg.language.kv_budget_tokens})")
-        self.engine.make_room(tokens + min(self._recall_tokens(), self.engine.room - tokens))
+        extra = self._recall_tokens() if recall else 0
+        self.engine.make_room(tokens + min(extra, self.engine.room - tokens))
         return ""
 
     def _recall_tokens(self) -> int:
