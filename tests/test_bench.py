@@ -96,3 +96,13 @@ def test_answer_compares_reprefill_full_and_memory_and_fills_the_ceiling():
     # tiny: 512 B of KV a token, 16 KiB a frame; the stream's first text tokens take a little
     assert out["capacity_frames"]["full"] == full["frames"] and 78 <= full["frames"] <= 80
     assert full["bytes"] > 1.25 * 2**20 >= memory["bytes"] and out["capacity_ratio"] > 1
+
+
+def test_backends_compares_torch_and_onnxruntime_on_a_video(tmp_path):
+    video = _moving_square_video(tmp_path / "square.avi")
+    out = _bench("backends", "--video", str(video), "--frames", "6", "--size", "tiny")
+    assert set(out["backends"]) == {"torch", "onnxruntime"} and out["frames"] == 6
+    assert all(m["full_ms"] > 0 and m["delta_ms"] > 0 for m in out["backends"].values())
+    assert max(out["max_abs_diff"].values()) < 1e-4 and out["running"]["onnxruntime"].startswith("onnxruntime")
+    torch_ms, ort_ms = out["backends"]["torch"], out["backends"]["onnxruntime"]
+    assert math.isclose(out["ort_vs_torch_full"], torch_ms["full_ms"] / ort_ms["full_ms"], rel_tol=0.02)

@@ -4,7 +4,10 @@
     streamvlm video FILE [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
     streamvlm play BAG [--topic T] [--to TOPIC] [--rate R] [--loop] [--wait S]   (needs rclpy)
     streamvlm diagnostics [--duration S] [--json]                                (needs rclpy)
-    streamvlm bench lm-stream|kv|decode [options] [--json]                       (see bench BENCH -h)
+    streamvlm bench BENCH [options] [--json]                                     (see bench -h)
+    streamvlm export onnx --model M [--out engines]                              ONNX graphs of the ViT
+    streamvlm export trt --onnx DIR --precision fp16|int8 [--calib DIR]          TensorRT engine (CUDA)
+    streamvlm calib make BAG [--out calibration] [--count N]                     INT8 calibration frames
 
 A question given with --at S is asked once every frame up to S seconds of stream time
 (since the first frame) has been taken in; one without --at is asked at the end.
@@ -75,8 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     diagnostics.add_argument("--json", action="store_true", help="one JSON object per report")
     diagnostics.set_defaults(run=_run_diagnostics)
     from streamvlm import bench
+    from streamvlm.export import commands as export_commands
 
     bench.add_parser(commands)
+    export_commands.add_parsers(commands)
     return parser
 
 
@@ -87,6 +92,8 @@ def _add_stream_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--model", help=f"HF id, local directory or 'tiny' (default {config_mod.DEFAULT_MODEL})")
     sub.add_argument("--config", type=Path, help="ROS 2 parameter file (e.g. config/live.yaml)")
     sub.add_argument("--fps", type=float, help="frames per second taken from the stream")
+    sub.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"),
+                     help="what runs the ViT (onnxruntime, tensorrt: after `streamvlm export`)")
     sub.add_argument("--max-new-tokens", type=int, help="answer length limit")
     sub.add_argument("--out", type=Path, help="write captions and answers into this MCAP bag")
     sub.add_argument("--realtime", action="store_true",
@@ -133,6 +140,8 @@ def _config(args) -> config_mod.PipelineConfig:
         overrides.setdefault("model", {})["name"] = args.model
     if args.fps is not None:
         overrides.setdefault("vision", {})["fps"] = args.fps
+    if args.backend:
+        overrides.setdefault("vision", {})["backend"] = args.backend
     if args.max_new_tokens is not None:
         overrides.setdefault("language", {})["max_new_tokens"] = args.max_new_tokens
     return cfg.replace(**overrides)

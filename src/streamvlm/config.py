@@ -57,6 +57,16 @@ class VisionConfig:
     stc_refresh: int = field(default=2, metadata={"help": "stc mode: full pass every N frames", "range": (1, 1000)})
     stc_update_ratio: float = field(default=0.25, metadata={
         "help": "stc mode: share of tokens recomputed per layer between full passes", "range": (0.01, 1.0)})
+    # Vision backend (see backends/): the ViT's full-frame and delta graphs.
+    backend: str = field(default="torch", metadata={
+        "help": "what runs the ViT: torch, onnxruntime or tensorrt (the last two need `streamvlm export`)",
+        "choices": ("torch", "onnxruntime", "tensorrt"), "read_only": True})
+    engines_dir: str = field(default="engines", metadata={
+        "help": "where `streamvlm export` put the ONNX graphs and TensorRT engines", "read_only": True})
+    torch_compile: bool = field(default=False, metadata={
+        "help": "torch backend: compile the graphs with torch.compile (slow first frames)", "read_only": True})
+    trt_precision: str = field(default="fp16", metadata={
+        "help": "tensorrt backend: which engine to load", "choices": ("fp16", "int8", "fp32"), "read_only": True})
     # Visual token pruner (see vision/pruner.py): "adaptive" is ours, "stc" is STC-Pruner.
     prune_mode: str = field(default="adaptive", metadata={
         "help": "drop redundant visual tokens before the LLM: adaptive, stc, or off",

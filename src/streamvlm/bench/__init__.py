@@ -89,6 +89,14 @@ def _answer(p) -> None:
     p.add_argument("--capacity-limit", type=int, default=50000, help="stop pushing frames after this many")
 
 
+def _backends(p) -> None:
+    p.add_argument("--video", type=Path, required=True, help="any video file OpenCV reads")
+    p.add_argument("--frames", type=int, default=100)
+    p.add_argument("--size", choices=("tiny", "base", "so400m"), default="base", help="SigLIP-sized tower")
+    p.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"],
+                   help="onnxruntime execution providers, in order (default CPU)")
+
+
 # name -> (module, arguments, help)
 BENCHES = {
     "lm-stream": ("streamvlm.bench.lm_stream", _lm_stream,
@@ -98,6 +106,8 @@ BENCHES = {
     "vision": ("streamvlm.bench.vision", _vision, "ViT with the delta-token cache vs full recompute, per frame"),
     "answer": ("streamvlm.bench.answer", _answer,
                "answer latency and frame capacity: re-prefill vs full cache vs budgeted cache + memory"),
+    "backends": ("streamvlm.bench.backends", _backends,
+                 "vision backends side by side: full-frame graph and delta cache, torch vs onnxruntime"),
     "prune": ("streamvlm.bench.prune", _prune, "visual token pruner vs unpruned: tokens, LLM prefill, agreement"),
 }
 

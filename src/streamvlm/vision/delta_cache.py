@@ -27,9 +27,9 @@ Lossless settings, where the output equals the full ViT: `stc` with update_ratio
 `threshold` with drift_bound 0 (any change runs the full ViT); and the partial pass
 itself with every token dynamic (threshold below 0).
 
-The partial layer (`layer_on_subset`) is one graph with a variable token count: inputs
-x_sel [1, n, C], their indices [n] and the cached keys/values [1, H, P, d]; the export
-backends build on it.
+`threshold` and `off` run a backend's two graphs (`backends.graphs`): the full frame, and
+the delta pass on a variable number of tokens over every layer's cached keys and values;
+torch, onnxruntime and TensorRT run the same two. `stc` runs the tower's modules in torch.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from streamvlm.backends.base import VisionBackend
+from streamvlm.backends.torch_backend import TorchBackend
 from streamvlm.models.base import VisionTower
 
 MODES = ("off", "stc", "threshold")
-# What each mode keeps per layer from a full pass.
-_KEPT = {"off": (), "stc": ("keys", "values", "attn_out", "mlp_out"), "threshold": ("k_heads", "v_heads")}
 
 
 @dataclass(frozen=True)
@@ -119,36 +119,16 @@ def layer_full(layer, x: torch.Tensor, flops: _Flops) -> tuple[torch.Tensor, dic
                          "attn_out": attn_out, "mlp_out": mlp_out}
 
 
-def layer_on_subset(layer, x_sel: torch.Tensor, index: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                    flops: _Flops | None = None) -> torch.Tensor:
-    """One encoder layer for n tokens x_sel [1, n, C] at `index` [n], attending to all P tokens.
-
-    keys, values [1, H, P, d] hold every token's cached keys and values; the n tokens'
-    new ones are written into them first, so later frames see them.
-    """
-    attn = layer.self_attn
-    heads = attn.num_heads
-    h = layer.layer_norm1(x_sel)
-    q = _heads(attn.q_proj(h), heads)  # [1, H, n, d]
-    keys.index_copy_(2, index, _heads(attn.k_proj(h), heads))
-    values.index_copy_(2, index, _heads(attn.v_proj(h), heads))
-    out = F.scaled_dot_product_attention(q, keys, values, scale=attn.scale)
-    x_sel = x_sel + attn.out_proj(_merge(out))
-    if flops is not None:
-        rows = x_sel.shape[1]
-        for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
-            flops.linear(rows, proj)
-        flops.attention(rows, keys.shape[2], x_sel.shape[2])
-        _mlp_flops(flops, rows, layer.mlp)
-    return x_sel + layer.mlp(layer.layer_norm2(x_sel))
-
-
 class DeltaViT:
     """The tower's features for a stream of frames, reusing work between them (batch 1)."""
 
-    def __init__(self, tower: VisionTower, settings: DeltaSettings = DeltaSettings()):
+    def __init__(self, tower: VisionTower, settings: DeltaSettings = DeltaSettings(),
+                 backend: VisionBackend | None = None):
         self.tower = tower
         self.settings = settings
+        # threshold and off run the backend's full-frame and delta graphs; stc's per-layer
+        # choice runs the tower's modules in torch.
+        self.backend = backend if backend is not None else TorchBackend(tower)
         self.patch = tower.embed.patch_embedding.kernel_size[0]
         self.last = FrameWork("full", 0, 0.0, 0)
         self.full_flops = 0  # FLOPs of one full pass, once known
@@ -157,8 +137,11 @@ class DeltaViT:
     def reset(self) -> None:
         """Forget the reference: the next frame runs the full ViT."""
         self._frames = 0
-        self._caches: list[dict[str, torch.Tensor]] = []
-        self._features: dict[int, torch.Tensor] = {}  # hidden_states index -> [1, P, C]
+        self._caches: list[dict[str, torch.Tensor]] = []  # stc: per layer
+        self._features: dict[int, torch.Tensor] = {}  # stc: hidden_states index -> [1, P, C]
+        self._output: torch.Tensor | None = None  # threshold, off: features [1, P, F]
+        self._keys: torch.Tensor | None = None  # threshold: [L, 1, H, P, d]
+        self._values: torch.Tensor | None = None
         self._ref_patches: torch.Tensor | None = None  # [P, 3*p*p] pixels each token's cache was made from
         self._touched: torch.Tensor | None = None  # [P] bool, changed since the last full pass
 
@@ -170,27 +153,50 @@ class DeltaViT:
         mode = self.settings.mode
         if mode == "stc":
             self._stc(pixels)
-        elif mode == "threshold":
+            self._frames += 1
+            return torch.cat([self._features[i] for i in self.tower.feature_layers], dim=-1)
+        if mode == "threshold":
             self._threshold(pixels)
         else:
             self._full(pixels)
         self._frames += 1
-        return torch.cat([self._features[i] for i in self.tower.feature_layers], dim=-1)
+        return self._output.clone()  # the cache goes on changing in place
 
     def _full(self, pixels: torch.Tensor) -> None:
+        features, keys, values = self.backend.full(pixels)
+        total = features.shape[1]
+        self._output = features
+        if self.settings.mode == "threshold":  # hold only what this mode reads back
+            self._keys, self._values = keys, values
+            self._ref_patches = self.patches(pixels)
+        self._touched = torch.zeros(total, dtype=torch.bool, device=features.device)
+        self.full_flops = self._graph_flops(total, total)
+        self.last = FrameWork("full", total, 0.0, self.full_flops, torch.ones(total, device=features.device))
+
+    def _graph_flops(self, rows: int, total: int) -> int:
+        """FLOPs of the graphs for `rows` tokens recomputed of `total` (all: the full graph)."""
+        flops = _Flops()
+        flops.linear(total, _PatchAsLinear(self.tower.embed.patch_embedding))
+        for layer in self.tower.layers:
+            attn = layer.self_attn
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+                flops.linear(rows, proj)
+            flops.attention(rows, total, attn.q_proj.in_features)
+            _mlp_flops(flops, rows, layer.mlp)
+        return flops.total
+
+    def _full_stc(self, pixels: torch.Tensor) -> None:
         flops = _Flops()
         x = self.tower.embed(pixels)
         flops.linear(x.shape[1], _PatchAsLinear(self.tower.embed.patch_embedding))
         wanted = set(self.tower.feature_layers)
-        keep = _KEPT[self.settings.mode]  # hold only what this mode reads back
+        keep = ("keys", "values", "attn_out", "mlp_out")
         self._caches, self._features = [], {0: x} if 0 in wanted else {}
         for index, layer in enumerate(self.tower.layers, start=1):
             x, cache = layer_full(layer, x, flops)
             self._caches.append({name: cache[name] for name in keep})
             if index in wanted:
                 self._features[index] = x
-        self._ref_patches = self.patches(pixels) if keep else None
-        self._touched = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
         self.full_flops = flops.total
         self.last = FrameWork("full", x.shape[1], 0.0, flops.total, torch.ones(x.shape[1], device=x.device))
 
@@ -208,20 +214,15 @@ class DeltaViT:
         touched = self._touched | dynamic
         if count > s.full_above * total or float(touched.float().mean()) > s.drift_bound:
             return self._full(pixels)
-        flops = _Flops()
-        x_all = self.tower.embed(pixels)
-        flops.linear(total, _PatchAsLinear(self.tower.embed.patch_embedding))
         index = dynamic.nonzero().flatten()
-        x = x_all.index_select(1, index)  # [1, n, C]
-        if 0 in self._features:
-            self._features[0] = x_all
-        for layer_index, (layer, cache) in enumerate(zip(self.tower.layers, self._caches), start=1):
-            x = layer_on_subset(layer, x, index, cache["k_heads"], cache["v_heads"], flops)
-            if layer_index in self._features:
-                self._features[layer_index].index_copy_(1, index, x)
+        features, keys, values = self.backend.delta(pixels, index, self._keys, self._values)
+        self._keys.index_copy_(3, index, keys)
+        self._values.index_copy_(3, index, values)
+        self._output.index_copy_(1, index, features)
         self._ref_patches.index_copy_(0, index, patches.index_select(0, index))
         self._touched = touched
-        self.last = FrameWork("partial", count, 1.0 - count / total, flops.total, dynamic.float())
+        self.last = FrameWork("partial", count, 1.0 - count / total, self._graph_flops(count, total),
+                              dynamic.float())
         return None
 
     def _change(self, patches: torch.Tensor) -> torch.Tensor:
@@ -249,7 +250,7 @@ class DeltaViT:
     def _stc(self, pixels: torch.Tensor) -> None:
         s = self.settings
         if not self._caches or self._frames % s.refresh == 0:
-            return self._full(pixels)
+            return self._full_stc(pixels)
         flops = _Flops()
         x = self.tower.embed(pixels)
         total = x.shape[1]

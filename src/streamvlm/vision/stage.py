@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from streamvlm.backends import make_backend
 from streamvlm.config import PipelineConfig, VisionConfig
 from streamvlm.models import VisionLanguageModel, load_model
 from streamvlm.types import TokenBatch
@@ -27,7 +28,9 @@ class VisionStage:
     def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel):
         self.cfg = cfg
         self.model = model
-        self.encoder = DeltaViT(model.tower, delta_settings(cfg.vision))  # mode "off": the full ViT every frame
+        v = cfg.vision
+        backend = make_backend(v.backend, model.tower, model.name, v.engines_dir, v.torch_compile, v.trt_precision)
+        self.encoder = DeltaViT(model.tower, delta_settings(v), backend)  # mode "off": the full ViT every frame
         self.pruner = TokenPruner(prune_settings(cfg.vision))
         self.sampler = FrameSampler(cfg.vision.fps)
         self.frames_seen = 0
@@ -41,6 +44,9 @@ class VisionStage:
         """Take new run-time settings (the model section cannot change while running)."""
         if cfg.model != self.cfg.model:
             raise ValueError("the model settings are fixed while running; reconfigure the node to change them")
+        for name in ("backend", "engines_dir", "torch_compile", "trt_precision"):
+            if getattr(cfg.vision, name) != getattr(self.cfg.vision, name):
+                raise ValueError(f"vision.{name} is fixed while running; reconfigure the node to change it")
         if cfg.vision.fps != self.cfg.vision.fps:
             self.sampler = FrameSampler(cfg.vision.fps)
         pruning = prune_settings(cfg.vision)  # raises ValueError on inconsistent sizes, before any change

@@ -1,0 +1,1 @@
+"""Exported vision graphs: ONNX export, TensorRT engine builds, their manifests."""
