@@ -30,6 +30,9 @@ class OnnxRuntimeBackend(VisionBackend):
         # onnxruntime's default counts physical cores, which is 1 on many 2-vCPU machines:
         # take as many threads as torch does, so that both backends get the same CPU.
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        # Idle onnxruntime threads spin for a while after each run by default, taking the CPU
+        # from the torch code that follows (the delta cache's change detection, the projector).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._full = ort.InferenceSession(str(full_path), options, providers=wanted)
         self._delta = ort.InferenceSession(str(delta_path), options, providers=wanted)
         # onnxruntime-gpu lists the CUDA and TensorRT providers even on a machine without a

@@ -51,6 +51,7 @@ def run(args) -> dict:
             bar.update()
         bar.close()
         described = {name: backend.describe() for name, backend in backends.items()}
+        gflop = caches["torch"].full_flops / 1e9
     ms = {name: {"full_ms": round(median(t["full"]), 2), "delta_ms": round(median(t["delta"]), 2)}
           for name, t in times.items()}
     torch_ms, ort_ms = ms["torch"], ms["onnxruntime"]
@@ -60,6 +61,9 @@ def run(args) -> dict:
         "ort_delta_speedup_kept": round((ort_ms["full_ms"] / ort_ms["delta_ms"])
                                         / (torch_ms["full_ms"] / torch_ms["delta_ms"]), 3),
         "delta_speedup": {name: round(m["full_ms"] / m["delta_ms"], 3) for name, m in ms.items()},
+        # Counted matmul FLOPs of a full frame over its median time: how close each runs to the machine.
+        "full_gflop": round(gflop, 2),
+        "full_gflops_per_s": {name: round(gflop / (m["full_ms"] / 1e3), 1) for name, m in ms.items()},
         "max_abs_diff": info["max_abs_diff"],
         "passes": kinds,
         "frames": len(frames),

@@ -14,6 +14,8 @@ def add_parsers(commands) -> None:
     onnx.add_argument("--model", required=True,
                       help="'tiny', an HF id or directory, or 'siglip-base' / 'siglip-so400m' (random towers)")
     onnx.add_argument("--out", type=Path, default=Path("engines"), help="engines directory (default engines/)")
+    onnx.add_argument("--opset", type=int, default=23,
+                      help="ONNX opset (default 23: fused attention in onnxruntime; 18 for older TensorRT)")
     onnx.set_defaults(run=_run_onnx)
     trt = kinds.add_parser("trt", help="a TensorRT engine from exported ONNX graphs (needs CUDA and tensorrt)")
     trt.add_argument("--onnx", type=Path, required=True, help="the directory `export onnx` wrote")
@@ -48,7 +50,7 @@ def _run_onnx(args) -> int:
     from streamvlm.export.onnx_export import export_onnx
 
     tower, size, model_id, _ = load_tower(args.model)
-    info = export_onnx(tower, model_id, args.out, size)
+    info = export_onnx(tower, model_id, args.out, size, opset=args.opset)
     print(json.dumps({"dir": info["dir"], "max_abs_diff": info["max_abs_diff"]}))
     return 0
 

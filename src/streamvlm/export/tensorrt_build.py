@@ -46,7 +46,8 @@ def build_engine(onnx_dir: Path, precision: str, calib_dir: Path | None = None, 
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_dir / name)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise RuntimeError(f"TensorRT could not parse {onnx_dir / name}: {errors}")
+            raise RuntimeError(f"TensorRT could not parse {onnx_dir / name} (opset {info.get('opset')}): {errors}; "
+                               f"an older TensorRT may need `streamvlm export onnx --opset 18`")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
         if precision in ("fp16", "int8"):
