@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,3 +176,18 @@ def test_export_onnx_command_prints_the_differences(tmp_path):
     out = json.loads(result.stdout)
     assert out["dir"] == str(tmp_path / "tiny") and max(out["max_abs_diff"].values()) < EXPORT_ATOL
     assert "[3/3] max abs diff vs torch" in result.stderr  # the progress display
+
+
+def test_calib_make_picks_frames_spread_over_a_bag(tmp_path):
+    from conftest import SAMPLE_BAG
+    from test_cli import streamvlm
+
+    from streamvlm.export.calibration import calibration_frames
+
+    result = streamvlm("calib", "make", str(SAMPLE_BAG), "--out", str(tmp_path), "--count", "8")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["frames"] == 8
+    frames = calibration_frames(tmp_path)
+    assert len(frames) == 8 and frames[0].ndim == 3 and not np.array_equal(frames[0], frames[-1])
+    with pytest.raises(FileNotFoundError, match="streamvlm calib make"):
+        calibration_frames(tmp_path / "empty")
