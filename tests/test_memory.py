@@ -58,7 +58,7 @@ def test_compression_keeps_the_most_attended_tokens_and_the_key_of_the_whole_fra
     stored = memory.frames[0]
     assert stored.tokens == 3
     assert torch.equal(stored.keys, keys[:, :, [1, 3, 6]]) and torch.equal(stored.values, values[:, :, [1, 3, 6]])
-    assert torch.allclose(stored.summary.float(), keys.mean(dim=2), atol=2e-3)
+    assert torch.allclose(memory.retrieval_keys[0].float(), keys.mean(dim=2), atol=2e-3)
 
 
 def test_int8_storage_is_close_and_four_times_smaller():
@@ -78,6 +78,8 @@ def test_budget_drops_the_oldest_frames():
     for i in range(5):
         memory.add(*_frame(i), torch.ones(10), (i + 1) * S)
     assert memory.stamps == [3 * S, 4 * S, 5 * S] and memory.dropped == 2
+    expected = torch.stack([_frame(i)[0].mean(dim=2) for i in (2, 3, 4)])
+    assert torch.allclose(memory.retrieval_keys.float(), expected, atol=2e-3)  # the keys follow the frames
     by_bytes = _memory(max_bytes=3 * memory.frames[0].nbytes + 10)
     for i in range(5):
         by_bytes.add(*_frame(i), torch.ones(10), (i + 1) * S)
@@ -142,3 +144,14 @@ def test_retrieval_leaves_the_streaming_cache_as_it_was(tiny_model):
     engine.remove_retrieved()
     assert engine.length == used and stage.frame_stamps == [S, 5 * S, 6 * S]
     assert torch.equal(engine.cache.buffers.keys[:, :, :used], keys)
+
+
+def test_retrieval_keys_stay_in_step_over_many_frames():
+    memory = _memory(max_frames=50)
+    frames = [_frame(i, tokens=2) for i in range(300)]
+    for i, (k, v) in enumerate(frames):
+        memory.add(k, v, torch.ones(2), i * S)
+    assert memory.stamps == [i * S for i in range(250, 300)]
+    expected = torch.stack([k.mean(dim=2) for k, _ in frames[250:]])
+    assert torch.allclose(memory.retrieval_keys.float(), expected, atol=2e-3)
+    assert int(memory.scores(_query_for(frames[260][0])).argmax()) == 10

@@ -53,7 +53,7 @@ class StoredFrame:
     values: torch.Tensor
     key_scale: torch.Tensor | None  # int8: [layers, kv_heads, n, 1] per-token absmax scales
     value_scale: torch.Tensor | None
-    summary: torch.Tensor  # [layers, kv_heads, head_dim] float16, the mean key
+    summary_bytes: int  # its retrieval key, held in the memory's key matrix
 
     @property
     def tokens(self) -> int:
@@ -61,8 +61,38 @@ class StoredFrame:
 
     @property
     def nbytes(self) -> int:
-        parts = (self.keys, self.values, self.key_scale, self.value_scale, self.summary)
-        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+        parts = (self.keys, self.values, self.key_scale, self.value_scale)
+        return self.summary_bytes + sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+
+class _Rows:
+    """Rows added at the end and dropped from the front, kept in one tensor so that scoring
+    every stored frame is one matmul, not a stack of thousands of small tensors per question."""
+
+    def __init__(self):
+        self.data: torch.Tensor | None = None
+        self.start = self.end = 0
+
+    def append(self, row: torch.Tensor) -> None:
+        if self.data is None:
+            self.data = row.new_empty((64, *row.shape))
+        if self.end == len(self.data):
+            live = self.data[self.start:self.end].clone()
+            if self.start < len(self.data) // 2:  # mostly live: grow (amortized, doubling)
+                self.data = row.new_empty((2 * len(self.data), *row.shape))
+            self.data[:len(live)] = live
+            self.start, self.end = 0, len(live)
+        self.data[self.end] = row
+        self.end += 1
+
+    def popleft(self) -> None:
+        self.start += 1
+
+    def clear(self) -> None:
+        self.data, self.start, self.end = None, 0, 0
+
+    def view(self) -> torch.Tensor:
+        return self.data[self.start:self.end]
 
 
 class FrameMemory:
@@ -72,6 +102,7 @@ class FrameMemory:
         self.settings = settings
         self.device = torch.device(device)
         self.frames: deque[StoredFrame] = deque()
+        self._keys = _Rows()  # [frames, layers, kv_heads, head_dim] float16 retrieval keys, in step with frames
         self.nbytes = 0
         self.dropped = 0  # frames dropped because the store was full
 
@@ -80,7 +111,13 @@ class FrameMemory:
 
     def clear(self) -> None:
         self.frames.clear()
+        self._keys.clear()
         self.nbytes = 0
+
+    @property
+    def retrieval_keys(self) -> torch.Tensor:
+        """[frames, layers, kv_heads, head_dim] each stored frame's mean key (float16)."""
+        return self._keys.view()
 
     @property
     def stamps(self) -> list[int]:
@@ -94,8 +131,16 @@ class FrameMemory:
         if keep < keys.shape[2]:
             index = torch.topk(importance.float(), keep).indices.sort().values.to(keys.device)
             keys, values = keys.index_select(2, index), values.index_select(2, index)
-        frame = StoredFrame(stamp_ns, *_pack(keys, values, self.settings.dtype, self._placement()),
-                            summary=summary.to(self._placement(), torch.float16))
+        place = self._placement()
+        summary = summary.to(place, torch.float16)
+        frame = StoredFrame(stamp_ns, *_pack(keys, values, self.settings.dtype, place),
+                            summary_bytes=summary.numel() * summary.element_size())
+        if self._keys.data is not None and self._keys.data.device != place:
+            # The store moved between accelerator and host: keep every key on one device.
+            moved, self._keys = self._keys.view().to(place), _Rows()
+            for row in moved:
+                self._keys.append(row)
+        self._keys.append(summary)
         self.frames.append(frame)
         self.nbytes += frame.nbytes
         self.enforce_budget()
@@ -114,6 +159,7 @@ class FrameMemory:
         while self.frames and ((s.max_frames and len(self.frames) > s.max_frames)
                                or (s.max_bytes and self.nbytes > s.max_bytes)):
             self.nbytes -= self.frames.popleft().nbytes
+            self._keys.popleft()
             self.dropped += 1
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
@@ -121,7 +167,7 @@ class FrameMemory:
         [frames] cosine against each frame's mean key, averaged over layers."""
         if not self.frames:
             return torch.zeros(0)
-        keys = torch.stack([f.summary for f in self.frames]).to(queries.device, torch.float32)  # [F, L, Hkv, d]
+        keys = self.retrieval_keys.to(queries.device, torch.float32)  # [F, L, Hkv, d]
         layers, kv_heads, dim = keys.shape[1:]
         group = queries.shape[1] // kv_heads
         q = queries.float().reshape(layers, kv_heads, group, dim)

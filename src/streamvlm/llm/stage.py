@@ -7,6 +7,7 @@ context, and the next frames open a new turn. Captions are questions the stage a
 
 from __future__ import annotations
 
+import heapq
 import time
 
 import torch
@@ -204,8 +205,7 @@ class LanguageStage:
         """The most tokens retrieval could bring back: the top_k largest stored frames."""
         if self.memory is None:
             return 0
-        sizes = sorted((f.tokens for f in self.memory.frames), reverse=True)
-        return sum(sizes[: self.memory.settings.top_k])
+        return sum(heapq.nlargest(self.memory.settings.top_k, (f.tokens for f in self.memory.frames)))
 
     def _recall(self, question: str, reserved: int) -> None:
         """Bring back the stored frames that match the question into the free slots."""
