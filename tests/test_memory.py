@@ -155,3 +155,25 @@ def test_retrieval_keys_stay_in_step_over_many_frames():
     expected = torch.stack([k.mean(dim=2) for k, _ in frames[250:]])
     assert torch.allclose(memory.retrieval_keys.float(), expected, atol=2e-3)
     assert int(memory.scores(_query_for(frames[260][0])).argmax()) == 10
+
+
+def test_retrieved_frames_leave_even_when_the_answer_fails(tiny_model, monkeypatch):
+    import streamvlm.llm.stage as stage_module
+    from streamvlm.types import TokenBatch
+
+    vlm = _vlm(tiny_model, vision_window_frames=2, memory_top_k=4)
+    stage: LanguageStage = vlm.language
+    hidden = tiny_model.decoder.config.hidden_size
+    for i in range(6):
+        stage.ingest(TokenBatch((i + 1) * S, i, torch.randn(30, hidden) * 0.02, torch.arange(30), (14, 14),
+                                model="tiny"))
+    assert len(stage.memory) == 3
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoding failed")
+
+    monkeypatch.setattr(stage_module, "generate", broken)
+    with pytest.raises(RuntimeError, match="decoding failed"):
+        stage.ask("what was there?")
+    assert stage.frame_stamps == [S, 5 * S, 6 * S]  # no retrieved frame stayed behind
+    stage.engine.cache.policy.check()

@@ -147,15 +147,17 @@ class LanguageStage:
             error = self._reserve(prompt_ids.numel() + limit, recall)
         if error:
             return Answer(question, "", self.newest_stamp_ns, 0.0, success=False, error=error)
-        if recall:
-            self._recall(question, prompt_ids.numel() + limit)
-        logits = self._close_turn(prompt_ids)
-        first_token_ms = (time.perf_counter() - start) * 1e3
-        evidence = self.frame_stamps  # the frames this answer attends to, retrieved ones included
-        generation = generate(self.engine, logits, limit, self.model.stop_token_ids,
-                              sampling(self.cfg.language), prompt_ids)
-        if self.memory is not None:
-            self.engine.remove_retrieved()  # the streaming context is as it was, plus this turn
+        try:
+            if recall:
+                self._recall(question, prompt_ids.numel() + limit)
+            logits = self._close_turn(prompt_ids)
+            first_token_ms = (time.perf_counter() - start) * 1e3
+            evidence = self.frame_stamps  # the frames this answer attends to, retrieved ones included
+            generation = generate(self.engine, logits, limit, self.model.stop_token_ids,
+                                  sampling(self.cfg.language), prompt_ids)
+        finally:
+            if self.memory is not None:
+                self.engine.remove_retrieved()  # the streaming context is as it was, plus this turn
         self._open_turn(generation.token_ids, generation.stopped)
         ids = [t for t in generation.token_ids if t not in self.model.stop_token_ids]
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
