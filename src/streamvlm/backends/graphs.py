@@ -21,12 +21,12 @@ from torch import nn
 from streamvlm.models.base import VisionTower
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[1, T, C] -> [1, H, T, d]."""
     return x.view(1, x.shape[1], heads, -1).transpose(1, 2)
 
 
-def _merge(x: torch.Tensor) -> torch.Tensor:
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[1, H, T, d] -> [1, T, C]."""
     return x.transpose(1, 2).reshape(1, x.shape[2], -1)
 
@@ -47,10 +47,10 @@ class FullGraph(_Graph):
         for index, layer in enumerate(self.layers, start=1):
             attn = layer.self_attn
             h = layer.layer_norm1(x)
-            k, v = _heads(attn.k_proj(h), attn.num_heads), _heads(attn.v_proj(h), attn.num_heads)
-            q = _heads(attn.q_proj(h), attn.num_heads)
+            k, v = split_heads(attn.k_proj(h), attn.num_heads), split_heads(attn.v_proj(h), attn.num_heads)
+            q = split_heads(attn.q_proj(h), attn.num_heads)
             out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-            x = x + attn.out_proj(_merge(out))
+            x = x + attn.out_proj(merge_heads(out))
             x = x + layer.mlp(layer.layer_norm2(x))
             keys.append(k)
             values.append(v)
@@ -69,12 +69,12 @@ class DeltaGraph(_Graph):
         for layer_index, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.layer_norm1(x)
-            k, v = _heads(attn.k_proj(h), attn.num_heads), _heads(attn.v_proj(h), attn.num_heads)
-            q = _heads(attn.q_proj(h), attn.num_heads)
+            k, v = split_heads(attn.k_proj(h), attn.num_heads), split_heads(attn.v_proj(h), attn.num_heads)
+            q = split_heads(attn.q_proj(h), attn.num_heads)
             all_k = keys[layer_index].index_copy(2, index, k)
             all_v = values[layer_index].index_copy(2, index, v)
             out = F.scaled_dot_product_attention(q, all_k, all_v, scale=attn.scale)
-            x = x + attn.out_proj(_merge(out))
+            x = x + attn.out_proj(merge_heads(out))
             x = x + layer.mlp(layer.layer_norm2(x))
             new_keys.append(k)
             new_values.append(v)

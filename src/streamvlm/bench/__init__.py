@@ -23,12 +23,17 @@ def _lm_stream(p) -> None:
     p.add_argument("--text", type=Path, help="text file (default: the system's license texts)")
 
 
-def _kv(p) -> None:
-    p.add_argument("--frames", type=int, default=5000, help="frames streamed through the budgeted cache")
+def _random_frames(p, frames: int, frames_help: str, budget_help: str) -> None:
+    """Options of the benches that stream random visual tokens through the decoder."""
+    p.add_argument("--frames", type=int, default=frames, help=frames_help)
     p.add_argument("--model", default="tiny", help="vision-language model whose decoder runs (default tiny)")
     p.add_argument("--tokens-per-frame", type=int, default=196)
-    p.add_argument("--budget", type=int, default=8192, help="KV budget, tokens")
+    p.add_argument("--budget", type=int, default=8192, help=budget_help)
     p.add_argument("--fps", type=float, default=1.0, help="stream rate the frame stamps follow")
+
+
+def _kv(p) -> None:
+    _random_frames(p, 5000, "frames streamed through the budgeted cache", "KV budget, tokens")
     p.add_argument("--question-every", type=int, default=0, metavar="N",
                    help="ask a question every N frames (0: frames only); answers are not timed")
     p.add_argument("--baseline-max-mb", type=float, default=32.0,
@@ -75,11 +80,7 @@ def _prune(p) -> None:
 
 
 def _answer(p) -> None:
-    p.add_argument("--frames", type=int, default=256, help="frames streamed before the questions (default 256)")
-    p.add_argument("--model", default="tiny", help="vision-language model whose decoder runs (default tiny)")
-    p.add_argument("--tokens-per-frame", type=int, default=196)
-    p.add_argument("--fps", type=float, default=1.0, help="stream rate the frame stamps follow")
-    p.add_argument("--budget", type=int, default=8192, help="KV budget of the memory mode, tokens")
+    _random_frames(p, 256, "frames streamed before the questions (default 256)", "KV budget of the memory mode, tokens")
     p.add_argument("--questions", type=int, default=3, help="questions asked of each mode; medians reported")
     p.add_argument("--answer-tokens", type=int, default=16, help="max_new_tokens of each answer")
     p.add_argument("--keep-ratio", type=float, help="memory: share of a frame's tokens kept")

@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from streamvlm.bench.measure import median, progress
+from streamvlm.bench.measure import median, progress, random_frame
 from streamvlm.config import PipelineConfig
 from streamvlm.llm.engine import StreamingEngine
 from streamvlm.llm.stage import LanguageStage
@@ -114,10 +114,7 @@ class _Frames:
         self.period_ns = int(1e9 / fps)
 
     def __call__(self, i: int) -> TokenBatch:
-        g = torch.Generator().manual_seed(i)
-        embeddings = torch.randn(self.tokens, self.hidden, generator=g) * 0.02
-        return TokenBatch((i + 1) * self.period_ns, i, embeddings, torch.arange(self.tokens), (14, 14),
-                          model=self.model)
+        return random_frame(self.model, self.hidden, i, self.tokens, self.period_ns)
 
 
 def kv_bytes(stage: LanguageStage) -> int:

@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import time
 
-import torch
-
-from streamvlm.bench.measure import median, progress, rss_bytes
+from streamvlm.bench.measure import median, progress, random_frame, rss_bytes
 from streamvlm.config import PipelineConfig
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.models import load_model
-from streamvlm.types import TokenBatch
 
 WARM_UP = 150
 EARLY = slice(75, 125)
@@ -74,14 +71,10 @@ class _Feeder:
 
     def __init__(self, args, hidden: int):
         self.args, self.hidden = args, hidden
-        self.generator = torch.Generator().manual_seed(0)
         self.period_ns = int(1e9 / args.fps)
 
     def __call__(self, stage: LanguageStage, i: int) -> float:
-        tokens = self.args.tokens_per_frame
-        embeddings = torch.randn(tokens, self.hidden, generator=self.generator) * 0.02
-        batch = TokenBatch((i + 1) * self.period_ns, i, embeddings, torch.arange(tokens), (14, 14),
-                           model=stage.model.name)
+        batch = random_frame(stage.model.name, self.hidden, i, self.args.tokens_per_frame, self.period_ns)
         start = time.perf_counter()
         stage.ingest(batch)
         ms = (time.perf_counter() - start) * 1e3

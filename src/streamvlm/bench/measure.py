@@ -41,3 +41,15 @@ def progress(total: int, label: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=label, unit="", leave=False, disable=not sys.stderr.isatty())
+
+
+def random_frame(model_name: str, hidden: int, index: int, tokens: int, period_ns: int):
+    """Frame `index` of a stream of random visual tokens (the decoder's cost does not depend
+    on their values), the same for every mode that asks for it."""
+    import torch
+
+    from streamvlm.types import TokenBatch
+
+    g = torch.Generator().manual_seed(index)
+    embeddings = torch.randn(tokens, hidden, generator=g) * 0.02
+    return TokenBatch((index + 1) * period_ns, index, embeddings, torch.arange(tokens), (14, 14), model=model_name)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from streamvlm.backends.base import VisionBackend
+from streamvlm.backends.graphs import merge_heads, split_heads
 from streamvlm.backends.torch_backend import TorchBackend
 from streamvlm.models.base import VisionTower
 
@@ -84,16 +85,6 @@ class _Flops:
         self.total += 4 * queries * keys * width  # scores and the weighted sum
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[1, T, C] -> [1, H, T, d]."""
-    return x.view(1, x.shape[1], heads, -1).transpose(1, 2)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    """[1, H, T, d] -> [1, T, C]."""
-    return x.transpose(1, 2).reshape(1, x.shape[2], -1)
-
-
 def _mlp_flops(flops: _Flops, rows: int, mlp) -> None:
     flops.linear(rows, mlp.fc1)
     flops.linear(rows, mlp.fc2)
@@ -106,17 +97,16 @@ def layer_full(layer, x: torch.Tensor, flops: _Flops) -> tuple[torch.Tensor, dic
     h = layer.layer_norm1(x)
     q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)  # [1, P, C]
     heads = attn.num_heads
-    out = F.scaled_dot_product_attention(_heads(q, heads), _heads(k, heads), _heads(v, heads), scale=attn.scale)
-    attn_out = attn.out_proj(_merge(out))
+    out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
+                                         scale=attn.scale)
+    attn_out = attn.out_proj(merge_heads(out))
     x = x + attn_out
     mlp_out = layer.mlp(layer.layer_norm2(x))
     for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
         flops.linear(rows, proj)
     flops.attention(rows, rows, width)
     _mlp_flops(flops, rows, layer.mlp)
-    # k_heads / v_heads are views of keys / values: the threshold mode writes through them.
-    return x + mlp_out, {"keys": k, "values": v, "k_heads": _heads(k, heads), "v_heads": _heads(v, heads),
-                         "attn_out": attn_out, "mlp_out": mlp_out}
+    return x + mlp_out, {"keys": k, "values": v, "attn_out": attn_out, "mlp_out": mlp_out}
 
 
 class DeltaViT:
@@ -278,10 +268,10 @@ def _stc_layer(layer, x: torch.Tensor, ref: dict[str, torch.Tensor], chosen: int
     similarity = F.cosine_similarity(k, ref["keys"], dim=-1)[0]  # [P]
     index = torch.topk(similarity, chosen, largest=False).indices.sort().values  # [n]
     h_sel = h.index_select(1, index)
-    q = _heads(attn.q_proj(h_sel), heads)
+    q = split_heads(attn.q_proj(h_sel), heads)
     v = ref["values"].index_copy(1, index, attn.v_proj(h_sel))
-    out = F.scaled_dot_product_attention(q, _heads(k, heads), _heads(v, heads), scale=attn.scale)
-    attn_out = ref["attn_out"].index_copy(1, index, attn.out_proj(_merge(out)))
+    out = F.scaled_dot_product_attention(q, split_heads(k, heads), split_heads(v, heads), scale=attn.scale)
+    attn_out = ref["attn_out"].index_copy(1, index, attn.out_proj(merge_heads(out)))
     x = x + attn_out
     mlp_out = ref["mlp_out"].index_copy(1, index, layer.mlp(layer.layer_norm2(x.index_select(1, index))))
     flops.linear(total, attn.k_proj)
