@@ -106,3 +106,17 @@ def test_backends_compares_torch_and_onnxruntime_on_a_video(tmp_path):
     assert max(out["max_abs_diff"].values()) < 1e-4 and out["running"]["onnxruntime"].startswith("onnxruntime")
     torch_ms, ort_ms = out["backends"]["torch"], out["backends"]["onnxruntime"]
     assert math.isclose(out["ort_vs_torch_full"], torch_ms["full_ms"] / ort_ms["full_ms"], rel_tol=0.02)
+
+
+def test_qa_runs_every_mode_on_the_same_questions():
+    out = _bench("qa", "--model", "tiny", "--config", str(ROOT / "config" / "live.yaml"), "--streams", "1",
+                 "--minutes", "0.5", "--short-minutes", "0.5", "--every", "3")
+    modes = out["modes"]
+    assert list(modes) == ["reference", "delta_stc", "delta_threshold", "prune_stc", "prune_adaptive",
+                           "window_only", "sink_windows", "memory_retrieval"]
+    asked = sum(out["questions"].values())
+    assert asked >= 6 and "needle" not in out["questions"]  # needles need a stream of 10 minutes
+    for row in modes.values():
+        assert row["questions"] == asked and 0.0 <= row["accuracy"] <= 1.0
+        assert set(row["by_type"]) == set(out["questions"])
+    assert set(out["chance"]) == set(out["questions"])

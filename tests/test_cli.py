@@ -62,3 +62,26 @@ def test_unavailable_model_falls_back_to_tiny_with_one_clear_line():
 def test_errors_are_reported_not_raised(tmp_path):
     result = streamvlm("replay", str(tmp_path / "missing"), "--model", "tiny")
     assert result.returncode == 2 and "error" in result.stderr
+
+
+def test_synth_writes_a_bag_and_its_questions_and_replay_asks_them(tmp_path):
+    from streamvlm.bag import BagFrames
+    from streamvlm.synth import evaluation_scene
+
+    bag = tmp_path / "scene.mcap"
+    result = streamvlm("synth", "--out", str(bag), "--minutes", "0.25", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    truth = json.loads((tmp_path / "scene.questions.json").read_text())
+    assert truth["frames"] == 15 and truth["questions"] and truth["objects"]
+    frames = list(BagFrames(bag))
+    scene = evaluation_scene(1, 15)
+    assert [f.stamp_ns for f in frames] == [scene.stamp_ns(i) for i in range(15)]
+    assert np.abs(frames[9].rgb.astype(int) - scene.frame(9)).mean() < 3  # JPEG, quality 90
+    assert streamvlm("synth", "--out", str(bag)).returncode == 2  # never overwrites
+
+    result = streamvlm("replay", str(bag), "--questions", str(tmp_path / "scene.questions.json"), "--model",
+                       "tiny", "--json", "--max-new-tokens", "2")
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines() if '"answer"' in line]
+    assert [a["expected"] for a in answers] == [q["answer"] for q in truth["questions"]]
+    assert [a["stamp"] for a in answers] == [float(q["frame"]) for q in truth["questions"]]

@@ -82,3 +82,36 @@ def test_sampling_transforms_equal_transformers_processors():
             expected = processor(seen, expected)
         ours = transform_logits(logits[0], seen[0], Sampling(temperature, top_p, penalty))
         torch.testing.assert_close(ours, expected[0])
+
+
+def _with_marker(model, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(model, "prompt", dataclasses.replace(model.prompt, frame_marker=" {s}s"))
+
+
+def test_time_markers_go_before_each_frame_and_streaming_equals_full_attention(tiny_model, monkeypatch):
+    _with_marker(tiny_model, monkeypatch)
+    marker_tokens = [len(tiny_model.tokenize(f" {s}s")[0]) for s in (0, 1, 5)]
+    stages = [_stage(tiny_model, kv_budget_tokens=4096, max_new_tokens=4, memory_top_k=0),
+              _stage(tiny_model, kv_budget_tokens=0, max_new_tokens=4)]
+    for stage in stages:
+        start = stage.context_tokens
+        for second in (10, 11, 15):  # markers count from the first frame: 0s, 1s, 5s
+            stage.ingest(_batch(tiny_model, second * S, tokens=20))
+        prefix = len(tiny_model.tokenize(tiny_model.prompt.stream_prefix)[0])
+        assert stage.context_tokens - start == prefix + sum(marker_tokens) + 3 * 20
+    streaming, full = (s.ask("What happened at 1s?") for s in stages)
+    torch.testing.assert_close(streaming.first_logits, full.first_logits, atol=1e-5, rtol=0)
+    assert streaming.token_ids == full.token_ids
+
+
+def test_memory_keeps_a_leaving_frames_marker_whole(tiny_model, monkeypatch):
+    _with_marker(tiny_model, monkeypatch)
+    stage = _stage(tiny_model, kv_budget_tokens=4096, vision_window_frames=2, memory_keep_ratio=0.25,
+                   memory_dtype="float32")
+    for second in range(1, 13):
+        stage.ingest(_batch(tiny_model, second * S, tokens=40))
+    marker = len(tiny_model.tokenize(" 5s")[0])
+    stored = [f for f in stage.memory.frames if f.stamp_ns == 6 * S][0]
+    assert stored.tokens == marker + 10  # the marker, and a quarter of the 40 frame tokens

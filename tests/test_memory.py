@@ -177,3 +177,12 @@ def test_retrieved_frames_leave_even_when_the_answer_fails(tiny_model, monkeypat
         stage.ask("what was there?")
     assert stage.frame_stamps == [S, 5 * S, 6 * S]  # no retrieved frame stayed behind
     stage.engine.cache.policy.check()
+
+
+def test_a_frames_time_marker_is_always_kept_and_the_ratio_applies_to_the_rest():
+    memory = _memory(keep_ratio=0.25)
+    keys, values = _frame(1, tokens=11)
+    importance = torch.tensor([float("inf")] * 3 + [0.0, 9.0, 0.0, 0.0, 0.0, 8.0, 0.0, 0.0])
+    memory.add(keys, values, importance, S)
+    assert memory.frames[0].tokens == 3 + 2  # the marker, and a quarter of the 8 visual tokens
+    assert torch.equal(memory.frames[0].keys, keys[:, :, [0, 1, 2, 4, 8]])

@@ -32,6 +32,7 @@ log = logging.getLogger("streamvlm")
 class Question:
     text: str
     at_s: float  # stream time; inf = at the end
+    expected: str = ""  # the right answer, where known (questions from `streamvlm synth`)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,9 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     diagnostics.set_defaults(run=_run_diagnostics)
     from streamvlm import bench
     from streamvlm.export import commands as export_commands
+    from streamvlm.synth import commands as synth_commands
+    from streamvlm.training import commands as train_commands
 
     bench.add_parser(commands)
     export_commands.add_parsers(commands)
+    synth_commands.add_parsers(commands)
+    train_commands.add_parsers(commands)
     return parser
 
 
@@ -89,7 +94,9 @@ def _add_stream_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--ask", action="append", default=[], metavar="QUESTION", help="a question (repeatable)")
     sub.add_argument("--at", action="append", default=[], type=float, metavar="SECONDS",
                      help="stream time of the preceding --ask (repeatable, in order)")
-    sub.add_argument("--model", help=f"HF id, local directory or 'tiny' (default {config_mod.DEFAULT_MODEL})")
+    sub.add_argument("--questions", type=Path, metavar="JSON",
+                     help="ask the questions `streamvlm synth` wrote next to its bag, and show the right answers")
+    sub.add_argument("--model", help=f"HF id, local directory, 'eval' or 'tiny' (default {config_mod.DEFAULT_MODEL})")
     sub.add_argument("--config", type=Path, help="ROS 2 parameter file (e.g. config/live.yaml)")
     sub.add_argument("--fps", type=float, help="frames per second taken from the stream")
     sub.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"),
@@ -151,7 +158,12 @@ def _questions(args) -> list[Question]:
     if len(args.at) > len(args.ask):
         raise ValueError("every --at needs a --ask before it")
     times = args.at + [float("inf")] * (len(args.ask) - len(args.at))
-    return sorted((Question(q, t) for q, t in zip(args.ask, times)), key=lambda q: q.at_s)
+    asked = [Question(q, t) for q, t in zip(args.ask, times)]
+    if args.questions:
+        truth = json.loads(args.questions.read_text())
+        # Asked once the question's frame is in: before the next frame arrives.
+        asked += [Question(q["text"], (q["frame"] + 0.5) / truth["fps"], q["answer"]) for q in truth["questions"]]
+    return sorted(asked, key=lambda q: q.at_s)
 
 
 def _stream(args, frames) -> int:
@@ -168,7 +180,8 @@ def _stream(args, frames) -> int:
             origin_ns = frame.stamp_ns if origin_ns is None else origin_ns
             stream_s = (frame.stamp_ns - origin_ns) / 1e9
             while questions and questions[0].at_s < stream_s:
-                report.answer(vlm.ask(questions.pop(0).text), origin_ns)
+                question = questions.pop(0)
+                report.answer(vlm.ask(question.text), origin_ns, question.expected)
             if args.realtime and _behind(wall_start, stream_s):
                 late += 1
                 continue
@@ -176,7 +189,7 @@ def _stream(args, frames) -> int:
             if caption is not None:
                 report.caption(caption, origin_ns)
         for question in questions:
-            report.answer(vlm.ask(question.text), origin_ns or 0)
+            report.answer(vlm.ask(question.text), origin_ns or 0, question.expected)
     finally:
         report.close()
     if frames.dropped or late or vlm.dropped_stale:
@@ -220,13 +233,16 @@ class _Reporter:
         if self.bag:
             self.bag.write_caption("/captions", caption)
 
-    def answer(self, answer, origin_ns: int) -> None:
+    def answer(self, answer, origin_ns: int, expected: str = "") -> None:
         stamp = (answer.stamp_ns - origin_ns) / 1e9 if answer.stamp_ns else 0.0
         record = {"type": "answer", "stamp": round(stamp, 3), "question": answer.question,
                   "text": answer.text, "latency_ms": round(answer.latency_ms, 1)}
         if not answer.success:
             record["error"] = answer.error
         line = f"[{stamp:8.2f}s] Q: {answer.question}\n{'':11}A: {answer.text or '(' + answer.error + ')'}"
+        if expected:
+            record["expected"] = expected
+            line += f"\n{'':11}   (right answer: {expected})"
         self._emit(record, line)
         if self.bag:
             self.bag.write_answer("/answers", answer)

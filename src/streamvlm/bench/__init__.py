@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 from pathlib import Path
 
 
@@ -98,6 +99,20 @@ def _backends(p) -> None:
                    help="onnxruntime execution providers, in order (default CPU)")
 
 
+def _qa(p) -> None:
+    p.add_argument("--streams", type=int, default=2, help="synthetic streams, each answered by every mode")
+    p.add_argument("--minutes", type=float, default=20.0, help="length of each stream (needles need >= 10)")
+    p.add_argument("--short-minutes", type=float, default=4.0,
+                   help="short-range questions come in these first minutes; the full-attention modes stop there")
+    p.add_argument("--every", type=int, default=5, metavar="N", help="a short-range question every N frames")
+    p.add_argument("--fps", type=float, default=1.0, help="frame rate of the streams")
+    p.add_argument("--seed", type=int, default=0, help="first stream's seed (odd seeds pan the camera)")
+    p.add_argument("--model", default="eval", help="vision-language model (default: the evaluation model)")
+    p.add_argument("--config", type=Path, default=Path("config/eval.yaml"), help="settings every mode starts from")
+    p.add_argument("--modes", nargs="+", metavar="MODE", help="run only these modes")
+    p.add_argument("--examples", type=int, default=3, help="answers shown per mode in the JSON")
+
+
 # name -> (module, arguments, help)
 BENCHES = {
     "lm-stream": ("streamvlm.bench.lm_stream", _lm_stream,
@@ -110,6 +125,7 @@ BENCHES = {
     "backends": ("streamvlm.bench.backends", _backends,
                  "vision backends side by side: full-frame graph and delta cache, torch vs onnxruntime"),
     "prune": ("streamvlm.bench.prune", _prune, "visual token pruner vs unpruned: tokens, LLM prefill, agreement"),
+    "qa": ("streamvlm.bench.qa", _qa, "streaming video QA accuracy per question type, every pipeline mode"),
 }
 
 
@@ -125,9 +141,15 @@ def add_parser(commands) -> None:
 
 def _runner(module: str):
     def run(args: argparse.Namespace) -> int:
-        result = importlib.import_module(module).run(args)
+        bench = importlib.import_module(module)
+        result = bench.run(args)
+        table = bench.markdown(result) if hasattr(bench, "markdown") else None
         if args.json:
             print(json.dumps(result), flush=True)
+            if table:
+                print(table, file=sys.stderr, flush=True)
+        elif table:
+            print(table, flush=True)
         else:
             width = max(len(k) for k in result)
             for key, value in result.items():

@@ -119,10 +119,11 @@ class StreamingEngine:
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
-                evict: bool = True, all_logits: bool = False) -> torch.Tensor | None:
+                evict: bool = True, all_logits: bool = False, header: int = 0) -> torch.Tensor | None:
         """Append embeddings [T, D]; returns the last position's logits [V] ([T, V] with all_logits).
 
         The LM head runs only where logits are read (a hidden x vocabulary matmul).
+        header: a frame's first tokens (its time marker) that long-term memory always keeps.
         """
         steps = embeds.shape[0]
         if evict:
@@ -138,6 +139,8 @@ class StreamingEngine:
                 outputs.append(self.lm_head(hidden)[0].float())
             elif logits and offset + self.prefill_chunk >= steps:
                 outputs.append(self.lm_head(hidden[:, -1])[0].float())
+        if score and header:
+            self.cache.buffers.scores[0, 0, start:start + header, 0] = float("inf")
         if all_logits:
             return torch.cat(outputs)
         return outputs[0] if logits else None

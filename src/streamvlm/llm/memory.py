@@ -125,9 +125,10 @@ class FrameMemory:
 
     def add(self, keys: torch.Tensor, values: torch.Tensor, importance: torch.Tensor, stamp_ns: int) -> None:
         """A frame's keys (before RoPE) and values [layers, kv_heads, n, head_dim], and the
-        attention its tokens received [n]."""
+        attention its tokens received [n]; tokens marked +inf there (a time marker) are always kept."""
         summary = keys.float().mean(dim=2)
-        keep = max(1, math.ceil(self.settings.keep_ratio * keys.shape[2]))
+        always = int(torch.isposinf(importance).sum())
+        keep = always + max(1, math.ceil(self.settings.keep_ratio * (keys.shape[2] - always)))
         if keep < keys.shape[2]:
             index = torch.topk(importance.float(), keep).indices.sort().values.to(keys.device)
             keys, values = keys.index_select(2, index), values.index_select(2, index)

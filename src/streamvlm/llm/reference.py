@@ -39,7 +39,7 @@ class FullAttentionEngine:
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
-                evict: bool = True, all_logits: bool = False) -> torch.Tensor | None:
+                evict: bool = True, all_logits: bool = False, header: int = 0) -> torch.Tensor | None:
         """Append embeddings [T, D]; returns the last position's logits [V] ([T, V] with all_logits)."""
         embeds = embeds.to(self.device, self.dtype)[None]  # [1, T, D]
         steps = embeds.shape[1]

@@ -54,6 +54,7 @@ class LanguageStage:
         self.model = model
         self.engine = make_engine(cfg.language, model)
         self._newest_ns: int | None = None  # newest frame ingested (it may have left the cache since)
+        self._first_ns: int | None = None  # the stream's first frame: time markers count from it
         self._started = False
         self._turn_has_frames = False
         self._caption_anchor_ns: int | None = None  # last caption's stamp (first frame before any)
@@ -61,7 +62,7 @@ class LanguageStage:
 
     def reset(self) -> None:
         self.engine.reset()
-        self._newest_ns = None
+        self._newest_ns = self._first_ns = None
         self._started = self._turn_has_frames = False
         self._caption_anchor_ns = self._caption_from_ns = None
 
@@ -123,13 +124,27 @@ class LanguageStage:
         self._start()
         # A pruned frame's kept tokens go in at consecutive positions, in grid order, as
         # LLaVA-OneVision's 1-D RoPE places any frame's tokens; batch.positions is for M-RoPE.
-        self.engine.prefill(batch.embeddings, logits=False, kind=FRAME, stamp_ns=batch.stamp_ns)
+        embeds, header = self._with_marker(batch)
+        self.engine.prefill(embeds, logits=False, kind=FRAME, stamp_ns=batch.stamp_ns, header=header)
         self._newest_ns = batch.stamp_ns
         self._turn_has_frames = True
         if self._caption_anchor_ns is None:
             self._caption_anchor_ns = batch.stamp_ns
         if self._caption_from_ns is None:
             self._caption_from_ns = batch.stamp_ns
+
+    def _with_marker(self, batch: TokenBatch) -> tuple[torch.Tensor, int]:
+        """The frame's time marker (for models that read one) then its tokens, and the marker's
+        length. The marker is part of the frame: it leaves the cache and comes back from
+        memory with it."""
+        if self._first_ns is None:
+            self._first_ns = batch.stamp_ns
+        prompt = self.model.prompt
+        if not prompt.frame_marker:
+            return batch.embeddings, 0
+        seconds = (batch.stamp_ns - self._first_ns) // 1_000_000_000
+        marker = self.model.embed_tokens(self.model.tokenize(prompt.marker(seconds)))[0]
+        return torch.cat([marker, batch.embeddings.to(marker.device, marker.dtype)]), marker.shape[0]
 
     def ask(self, question: str, max_new_tokens: int | None = None, recall: bool = True) -> Answer:
         """Answer from what the context holds now, and from the frames long-term memory

@@ -15,6 +15,7 @@ import torch
 
 from streamvlm.config import ModelConfig
 from streamvlm.models.base import VisionLanguageModel, VisionTower
+from streamvlm.models.eval_model import EVAL, ensure_eval
 from streamvlm.models.prompt import PromptFormat
 from streamvlm.models.tiny import ensure_tiny
 
@@ -41,9 +42,14 @@ def _adapters():
 
 
 def resolve(name: str) -> Path:
-    """A local directory holding the model `name`: 'tiny', a directory, or a HF id."""
+    """A local directory holding the model `name`: 'tiny', 'eval', a directory, or a HF id."""
     if name == "tiny":
         return ensure_tiny()
+    if name == EVAL:
+        try:
+            return ensure_eval()
+        except FileNotFoundError as err:  # the base LM's package or the trained parts are missing
+            raise ModelUnavailable(str(err)) from None
     path = Path(name).expanduser()
     if path.is_dir():
         return path

@@ -36,7 +36,7 @@ class LlavaOnevisionAdapter(VisionLanguageModel):
         config = self.hf_model.config
         video_token = self.tokenizer.convert_ids_to_tokens(config.video_token_index)
         stops = tuple(t for t in _CHATML_STOP if t in self.tokenizer.get_vocab())
-        self.prompt = PromptFormat.from_chat_template(self.tokenizer, video_token, stops)
+        self.prompt = PromptFormat.from_chat_template(self.tokenizer, video_token, stops, _frame_marker(model_dir))
         self._pixels = PixelSpec.from_dir(model_dir)
         self.tower = self._split_tower()
 
@@ -80,6 +80,13 @@ class LlavaOnevisionAdapter(VisionLanguageModel):
     @property
     def lm_head(self):
         return self.hf_model.lm_head
+
+
+def _frame_marker(model_dir: Path) -> str:
+    # Models trained with a time marker before each frame (the evaluation model) say so in
+    # streamvlm.json; transformers ignores the file.
+    path = model_dir / "streamvlm.json"
+    return json.loads(path.read_text()).get("frame_marker", "") if path.exists() else ""
 
 
 def _attach_chat_template(tokenizer, model_dir: Path) -> None:

@@ -21,9 +21,13 @@ class PromptFormat:
     question_suffix: str  # after the question: end of turn, assistant header
     turn_separator: str  # after an answer, before the next frames
     stop_token_ids: frozenset[int]
+    # Text put before each frame, `{s}` being whole seconds since the stream's first frame;
+    # "" for models not trained with one (LLaVA-OneVision's own checkpoints).
+    frame_marker: str = ""
 
     @classmethod
-    def from_chat_template(cls, tokenizer, video_token: str, stop_tokens: tuple[str, ...]) -> "PromptFormat":
+    def from_chat_template(cls, tokenizer, video_token: str, stop_tokens: tuple[str, ...],
+                           frame_marker: str = "") -> "PromptFormat":
         def render(messages, generation_prompt: bool) -> str:
             return tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=generation_prompt
@@ -49,4 +53,10 @@ class PromptFormat:
         if tokenizer.eos_token_id is not None:
             stop_ids.add(tokenizer.eos_token_id)
         stop_ids.discard(tokenizer.unk_token_id)
-        return cls(prefix, question_prefix, question_suffix, separator, frozenset(stop_ids))
+        if frame_marker and "{s}" not in frame_marker:
+            raise ValueError(f"frame marker {frame_marker!r} has no {{s}} for the seconds")
+        return cls(prefix, question_prefix, question_suffix, separator, frozenset(stop_ids), frame_marker)
+
+    def marker(self, seconds: int) -> str:
+        """The text before a frame taken `seconds` after the stream's first one."""
+        return self.frame_marker.replace("{s}", str(seconds))

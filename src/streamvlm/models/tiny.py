@@ -53,14 +53,19 @@ def cache_root() -> Path:
 
 
 def ensure_tiny(root: Path | None = None) -> Path:
-    """The tiny model's directory, built on first use (atomically, so parallel runs are safe)."""
-    target = (root or cache_root()) / "models" / f"tiny-v{TINY_VERSION}"
+    """The tiny model's directory, built on first use."""
+    return build_once((root or cache_root()) / "models" / f"tiny-v{TINY_VERSION}", write_tiny)
+
+
+def build_once(target: Path, write) -> Path:
+    """`target` (a model directory), made by `write(staging_dir)` on first use: written
+    aside and renamed into place, so parallel runs are safe and a failed one leaves nothing."""
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        write_tiny(staging)
+        write(staging)
         os.replace(staging, target)
     except OSError:
         if not (target / "config.json").exists():  # lost a race is fine; anything else is not

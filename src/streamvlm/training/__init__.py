@@ -1,0 +1,1 @@
+"""Training the evaluation model (`streamvlm train eval`); not needed to run streamvlm."""

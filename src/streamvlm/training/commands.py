@@ -1,0 +1,34 @@
+"""`streamvlm train eval`: the command line of the evaluation model's training."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from streamvlm.models.eval_model import packaged_weights
+
+
+def add_parsers(commands) -> None:
+    from streamvlm.training.train_eval import TrainSettings
+
+    train = commands.add_parser("train", help="train the evaluation model (deterministic, offline)")
+    which = train.add_subparsers(dest="what", required=True)
+    evaluation = which.add_parser("eval", help="ViT + projector from scratch, LoRA on SmolLM2-135M",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluation.add_argument("--out", type=Path, default=packaged_weights(), help="trained parts (.safetensors)")
+    evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
+    for f in dataclasses.fields(TrainSettings):
+        evaluation.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    evaluation.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from streamvlm.training.train_eval import TrainSettings, train
+
+    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
+    report = train(settings, args.out, say=lambda line: print(line, flush=True))
+    print(json.dumps(report) if args.json else f"wrote {args.out} ({report['bytes']} bytes, sha256 "
+          f"{report['sha256']}) in {report['seconds']} s; held-out {report['language']['held_out']}")
+    return 0

@@ -1,0 +1,50 @@
+"""Low-rank adapters (LoRA, Hu et al. 2021) on a frozen linear layer, merged away after training."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + scale * B(A(x)); B starts at zero, so training starts from the base model."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, generator: torch.Generator):
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        self.A = nn.Parameter(torch.empty(rank, base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+        with torch.no_grad():
+            bound = 1 / math.sqrt(base.in_features)
+            self.A.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale
+
+
+def add_lora(layers, targets: tuple[str, ...], rank: int, alpha: float, seed: int) -> list[LoRALinear]:
+    """Wrap each layer's `self_attn.<target>` in place; returns the adapters in layer order."""
+    generator = torch.Generator().manual_seed(seed)
+    adapters = []
+    for layer in layers:
+        for name in targets:
+            adapter = LoRALinear(getattr(layer.self_attn, name), rank, alpha, generator)
+            setattr(layer.self_attn, name, adapter)
+            adapters.append(adapter)
+    return adapters
+
+
+def lora_state(layers, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The adapters as `lora.<layer>.<target>.A/B` plus their common `lora.scale`."""
+    state, scale = {}, None
+    for index, layer in enumerate(layers):
+        for name in targets:
+            adapter = getattr(layer.self_attn, name)
+            state[f"lora.{index}.{name}.A"] = adapter.A.detach().clone()
+            state[f"lora.{index}.{name}.B"] = adapter.B.detach().clone()
+            scale = adapter.scale
+    state["lora.scale"] = torch.tensor(scale)
+    return state

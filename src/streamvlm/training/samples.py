@@ -1,0 +1,171 @@
+"""Training contexts for the evaluation model, laid out exactly as LanguageStage streams them.
+
+A context is what the streaming KV cache can hold when a question comes: the prompt's
+sinks, optionally a few frames brought back from long-term memory (compressed: a quarter
+of their tokens, their time marker whole), a window of recent frames, maybe an earlier
+question and answer between them; or, for the full-attention reference, every frame since
+the stream began. Several questions about the same context are trained at once, each
+seeing the context but not the others (`pack`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from streamvlm.synth.questions import Question, ask_appeared_when, short_range
+from streamvlm.synth.scene import SyntheticScene
+
+KIND_WEIGHTS = {"now": 1.0, "attribute_at": 1.2, "count_since": 1.4, "left_when": 1.4, "appeared_when": 0.8}
+HORIZON = 8  # short-range questions look back this many frames (the eval config's window holds 12)
+CELLS = 16  # tokens per frame
+
+
+@dataclass
+class FrameRef:
+    scene: int
+    index: int
+    keep: np.ndarray | None = None  # the cells kept when the frame was compressed (None: all)
+
+
+@dataclass
+class Context:
+    """Pieces in stream order: FrameRef, or a Question already answered (a past turn)."""
+
+    scene: int
+    pieces: list = field(default_factory=list)
+    questions: list[Question] = field(default_factory=list)
+
+
+class ContextMaker:
+    def __init__(self, scenes: dict[int, SyntheticScene], seed: int):
+        self.scenes = scenes
+        self.ids = sorted(scenes)
+        self.rng = np.random.default_rng(seed)
+
+    def make(self, questions: int = 4) -> Context:
+        rng = self.rng
+        sid = self.ids[int(rng.integers(len(self.ids)))]
+        scene = self.scenes[sid]
+        if rng.random() < 0.1:  # the reference's layout: everything since the first frame
+            window = list(range(0, int(rng.integers(12, 36))))
+        else:
+            n = int(rng.integers(6, 15))
+            end = int(rng.integers(n + 8, scene.frames))
+            window = list(range(end - n + 1, end + 1))
+        context = Context(sid)
+        recalled = self._recalled(scene, window[0]) if window[0] > 8 and rng.random() < 0.4 else []
+        context.pieces = [FrameRef(sid, i, keep) for i, keep in recalled] + [FrameRef(sid, i) for i in window]
+        end = window[-1]
+        horizon = min(HORIZON, len(window))
+        if len(window) > 4 and rng.random() < 0.3:  # an earlier turn in the text window
+            at = int(rng.integers(2, len(window) - 1))
+            past = short_range(scene, window[at], self._kind(short=True), rng, min(HORIZON, at + 1))
+            if past is not None:
+                context.pieces.insert(len(recalled) + at + 1, past)
+        shown = [p.index for p in context.pieces if isinstance(p, FrameRef)]
+        for _ in range(questions):
+            kind = self._kind(short=False)
+            if kind == "appeared_when":
+                question = self._appeared_when(scene, shown, end)
+            else:
+                question = short_range(scene, end, kind, rng, horizon)
+            if question is not None and question.text not in {q.text for q in context.questions}:
+                context.questions.append(question)
+        return context
+
+    def _kind(self, short: bool) -> str:
+        kinds = [k for k in KIND_WEIGHTS if not (short and k == "appeared_when")]
+        weights = np.array([KIND_WEIGHTS[k] for k in kinds])
+        return kinds[int(self.rng.choice(len(kinds), p=weights / weights.sum()))]
+
+    def _recalled(self, scene: SyntheticScene, before: int) -> list[tuple[int, np.ndarray]]:
+        """Frames long-term memory might bring back: an earlier object's first frames (so a
+        question can ask when it appeared) and a few others, each compressed to 4 cells."""
+        rng = self.rng
+        earlier = [o for o in scene.objects if o.appear < before - 2]
+        frames = set()
+        if earlier:
+            obj = earlier[int(rng.integers(len(earlier)))]
+            frames.update(range(obj.appear, min(obj.leave, obj.appear + 6, before - 1)))
+        frames.update(int(i) for i in rng.integers(0, before - 1, size=int(rng.integers(0, 4))))
+        recalled = []
+        for index in sorted(frames):
+            cells = [scene.cell_of(o, index, (4, 4)) for o in scene.visible(index)]
+            rest = [c for c in rng.permutation(CELLS) if c not in cells]
+            recalled.append((index, np.sort(np.array((cells + rest)[:4]))))
+        return recalled
+
+    def _appeared_when(self, scene: SyntheticScene, shown: list[int], end: int) -> Question | None:
+        """'When did X appear?' for an object whose first frame is in the context and whose
+        name is unique among the objects the context shows."""
+        present = set(shown)
+        seen = [o for o in scene.objects if any(o.visible(i) for i in present)]
+        unique = [o for o in seen if o.appear in present and sum(p.name == o.name for p in seen) == 1]
+        if not unique:
+            return None
+        obj = unique[int(self.rng.integers(len(unique)))]
+        return ask_appeared_when(scene, obj, end, kind="appeared_when")
+
+
+@dataclass
+class Packed:
+    embeds: torch.Tensor  # [T, D]
+    positions: torch.Tensor  # [T]
+    mask: torch.Tensor  # [T, T] bool, True where attention is allowed
+    targets: torch.Tensor  # [T] the next token id to predict at each position, -100 where none
+    kinds: list[str]
+
+
+def pack(context: Context, frame_tokens, embed, tokenize, prompt, newline: torch.Tensor,
+         stop_id: int) -> Packed:
+    """The context then each question as its own block: [frame end][question][answer][stop].
+
+    frame_tokens(FrameRef) -> [16, D] (kept cells only when compressed); embed(ids) -> [n, D];
+    tokenize(text) -> ids [n]. Every block attends to the context and to itself.
+    """
+    parts = [embed(tokenize(prompt.stream_prefix))]
+    frames_since_turn = False
+    for piece in context.pieces:
+        if isinstance(piece, FrameRef):
+            parts.append(embed(tokenize(prompt.marker(seconds_of(piece)))))
+            parts.append(frame_tokens(piece))
+            frames_since_turn = True
+        else:  # an earlier question and its answer
+            if frames_since_turn:
+                parts.append(newline[None])
+            text = prompt.question_prefix + piece.text + prompt.question_suffix
+            parts.append(embed(tokenize(text)))
+            parts.append(embed(tokenize(piece.answer + prompt.turn_separator)))
+            frames_since_turn = False
+    context_embeds = torch.cat(parts)
+    length = context_embeds.shape[0]
+    blocks, targets, positions = [context_embeds], [torch.full((length,), -100)], [torch.arange(length)]
+    spans = []
+    for question in context.questions:
+        q_ids = tokenize(prompt.question_prefix + question.text + prompt.question_suffix)
+        a_ids = torch.cat([tokenize(question.answer), torch.tensor([stop_id])])
+        block = torch.cat([newline[None], embed(q_ids), embed(a_ids[:-1])])
+        target = torch.full((block.shape[0],), -100)
+        target[-len(a_ids):] = a_ids  # the last question token predicts the first answer token
+        spans.append((sum(b.shape[0] for b in blocks), block.shape[0]))
+        blocks.append(block)
+        targets.append(target)
+        positions.append(torch.arange(length, length + block.shape[0]))
+    total = sum(b.shape[0] for b in blocks)
+    mask = torch.zeros(total, total, dtype=torch.bool)
+    mask[:length, :length] = torch.ones(length, length, dtype=torch.bool).tril()
+    for start, size in spans:
+        mask[start:start + size, :length] = True
+        mask[start:start + size, start:start + size] = torch.ones(size, size, dtype=torch.bool).tril()
+    return Packed(torch.cat(blocks), torch.cat(positions), mask, torch.cat(targets),
+                  [q.kind for q in context.questions])
+
+
+def seconds_of(ref: FrameRef) -> int:
+    # Markers count seconds from the stream's first frame; training scenes run at 1 fps.
+    return ref.index
+
+

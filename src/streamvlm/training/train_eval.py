@@ -1,0 +1,271 @@
+"""`streamvlm train eval`: train the evaluation model's ViT, projector and LoRA, deterministically.
+
+Stage 1 (vision): the ViT and projector learn, from synthetic frames alone, to put into
+each 4x4 token cell holding an object's centre the sum of SmolLM2's embeddings of its
+colour and shape words, and the embedding of " nothing" elsewhere; the LM reads such
+tokens almost as text from the start. Stage 2 (language): LoRA on every attention
+projection, the projector and the frame-end embedding learn to answer the synthetic
+questions from streaming contexts (`samples`); the ViT stays frozen, so its features
+are computed once per frame.
+
+Same seed, same thread count, same library versions: same weights, byte for byte (the
+report prints their sha256). Different thread counts can change float sums, hence bits.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streamvlm.models.eval_model import FRAME_MARKER, LORA_TARGETS, VISION, build, trainable_state
+from streamvlm.models.llava_onevision import PixelSpec
+from streamvlm.models.prompt import PromptFormat
+from streamvlm.synth import COLOURS, SHAPES, evaluation_scene
+from streamvlm.training.lora import add_lora, lora_state
+from streamvlm.training.samples import CELLS, ContextMaker, FrameRef, pack
+
+VISION_SEEDS = 10_000  # scenes for stage 1 start at this seed, stage 2 at TRAIN_SEEDS, held-out at HELD_OUT
+TRAIN_SEEDS = 20_000
+HELD_OUT = 30_000
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    seed: int = 0
+    threads: int = 2
+    vision_scenes: int = 400
+    vision_frames: int = 4000
+    vision_epochs: int = 20
+    vision_lr: float = 1e-3
+    scenes: int = 24
+    scene_frames: int = 1200
+    steps: int = 900
+    questions: int = 4
+    lr: float = 1e-3
+    projector_lr: float = 2e-4
+    rank: int = 8
+    alpha: float = 16.0
+    held_out: int = 120
+
+
+class Trainer:
+    def __init__(self, settings: TrainSettings, say=print):
+        self.s, self.say = settings, say
+        torch.manual_seed(settings.seed)
+        torch.set_num_threads(settings.threads)
+        self.model, self.tokenizer = build(None, settings.seed)
+        self.inner = self.model.model
+        self.prompt = PromptFormat.from_chat_template(self.tokenizer, "<video>", ("<|im_end|>",), FRAME_MARKER)
+        side = VISION["image_size"]
+        self.pixels = PixelSpec(side, side, [0.5] * 3, [0.5] * 3, 1 / 255)
+        self.embedding = self.inner.language_model.embed_tokens.weight
+        self.stop_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    # --- shared pieces ----------------------------------------------------------------
+
+    @functools.lru_cache(maxsize=None)
+    def tokenize(self, text: str) -> torch.Tensor:
+        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding[ids]
+
+    def word(self, text: str) -> torch.Tensor:
+        ids = self.tokenize(" " + text)
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens; the evaluation vocabulary needs single tokens")
+        return self.embedding[ids[0]]
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalized pixels [B, 3, S, S] -> the ViT's last hidden state [B, P, C] (LLaVA-OV's choice)."""
+        return self.inner.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return self.inner.apply_pooling(self.inner.multi_modal_projector(features))  # [B, 16, D]
+
+    def render(self, scene, index: int) -> torch.Tensor:
+        return self.pixels.apply(scene.frame(index))[0]
+
+    # --- stage 1 ------------------------------------------------------------------------
+
+    def train_vision(self) -> dict:
+        s = self.s
+        rng = np.random.default_rng(s.seed)
+        combos = [(c, sh) for c in COLOURS for sh in SHAPES]
+        table = torch.stack([self.word("nothing")] + [self.word(c) + self.word(sh) for c, sh in combos])
+        label_of = {combo: i + 1 for i, combo in enumerate(combos)}
+        scenes = [evaluation_scene(VISION_SEEDS + k, 300) for k in range(s.vision_scenes)]
+        picks = [(int(rng.integers(len(scenes))), int(rng.integers(300))) for _ in range(s.vision_frames)]
+        self.say(f"stage 1: rendering {len(picks)} frames")
+        pixels = torch.stack([self.render(scenes[k], i) for k, i in picks])
+        labels = torch.zeros(len(picks), CELLS, dtype=torch.long)
+        for row, (k, i) in enumerate(picks):
+            for obj in scenes[k].visible(i):
+                labels[row, scenes[k].cell_of(obj, i, (4, 4))] = label_of[(obj.colour, obj.shape)]
+        params = list(self.inner.vision_tower.parameters()) + list(self.inner.multi_modal_projector.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        batch = 32
+        steps = s.vision_epochs * math.ceil(len(picks) / batch)
+        optimizer = torch.optim.AdamW(params, lr=s.vision_lr, weight_decay=0.01)
+        schedule = _cosine(optimizer, steps, warmup=50)
+        generator = torch.Generator().manual_seed(s.seed)
+        start, step = time.perf_counter(), 0
+        for epoch in range(s.vision_epochs):
+            order = torch.randperm(len(picks), generator=generator)
+            for first in range(0, len(picks), batch):
+                rows = order[first:first + batch]
+                tokens = self.project(self.features(pixels[rows]))  # [B, 16, D]
+                target = labels[rows]
+                # Regression onto the words' embeddings, plus a classification over the
+                # same table so that near-identical shape words are pulled apart.
+                nearness = -torch.cdist(tokens.reshape(-1, tokens.shape[-1]), table).square()
+                loss = F.mse_loss(tokens, table[target]) / table.var() + F.cross_entropy(nearness, target.reshape(-1))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+            self.say(f"stage 1: epoch {epoch + 1}/{s.vision_epochs} loss {loss.item():.4f} "
+                     f"({time.perf_counter() - start:.0f} s)")
+        for p in params:
+            p.requires_grad_(False)
+        held = [evaluation_scene(HELD_OUT + k, 300) for k in range(4)]
+        correct = objects = 0
+        with torch.no_grad():
+            for scene in held:
+                for i in range(0, 300, 10):
+                    tokens = self.project(self.features(self.render(scene, i)[None]))[0]
+                    nearest = torch.cdist(tokens, table).argmin(dim=1)
+                    for obj in scene.visible(i):
+                        objects += 1
+                        correct += int(nearest[scene.cell_of(obj, i, (4, 4))]) == label_of[(obj.colour, obj.shape)]
+        accuracy = correct / max(objects, 1)
+        self.say(f"stage 1: held-out object cells read right {accuracy:.3f} ({objects} objects)")
+        return {"loss": round(loss.item(), 5), "cell_accuracy": round(accuracy, 4), "steps": step}
+
+    # --- stage 2 ------------------------------------------------------------------------
+
+    def train_language(self) -> dict:
+        s = self.s
+        layers = self.inner.language_model.layers
+        adapters = add_lora(layers, LORA_TARGETS, s.rank, s.alpha, s.seed)
+        lora = [p for a in adapters for p in (a.A, a.B)]
+        projector = list(self.inner.multi_modal_projector.parameters())
+        for p in lora + projector + [self.inner.image_newline]:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW([
+            {"params": lora + [self.inner.image_newline], "lr": s.lr},
+            {"params": projector, "lr": s.projector_lr},
+        ], weight_decay=0.0)
+        schedule = _cosine(optimizer, s.steps, warmup=50)
+        scenes = {TRAIN_SEEDS + k: evaluation_scene(TRAIN_SEEDS + k, s.scene_frames) for k in range(s.scenes)}
+        maker = ContextMaker(scenes, s.seed)
+        self._scenes, self._features = dict(scenes), {}
+        start, losses = time.perf_counter(), []
+        for step in range(s.steps):
+            packed = self._pack(maker.make(s.questions))
+            loss = self._loss(packed)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            # A context for which no question could be drawn has no answer tokens: its loss
+            # is NaN (a mean over nothing), its gradients zero. It is left out of the log.
+            losses.append(loss.item())
+            if (step + 1) % 50 == 0:
+                elapsed = time.perf_counter() - start
+                self.say(f"stage 2: step {step + 1}/{s.steps} loss {np.nanmean(losses[-50:]):.4f} "
+                         f"({elapsed:.0f} s, about {elapsed / (step + 1) * (s.steps - step - 1):.0f} s left)")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        return {"loss_last_100": round(float(np.nanmean(losses[-100:])), 5), "steps": s.steps,
+                "held_out": self.held_out()}
+
+    def _frame_features(self, ref: FrameRef) -> torch.Tensor:
+        key = (ref.scene, ref.index)
+        if key not in self._features:
+            with torch.no_grad():
+                self._features[key] = self.features(self.render(self._scenes[ref.scene], ref.index)[None])[0]
+        return self._features[key]
+
+    def _pack(self, context):
+        refs = [p for p in context.pieces if isinstance(p, FrameRef)]
+        tokens = self.project(torch.stack([self._frame_features(r) for r in refs]))
+        by_id = {id(r): t if r.keep is None else t[torch.as_tensor(r.keep)] for r, t in zip(refs, tokens)}
+        return pack(context, lambda r: by_id[id(r)], self.embed, self.tokenize, self.prompt,
+                    self.inner.image_newline, self.stop_id)
+
+    def _logits(self, packed) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = torch.zeros(packed.mask.shape).masked_fill(~packed.mask, float("-inf"))[None, None]
+        hidden = self.inner.language_model(inputs_embeds=packed.embeds[None], position_ids=packed.positions[None],
+                                           attention_mask=mask).last_hidden_state[0]
+        where = packed.targets != -100
+        return self.model.lm_head(hidden[where]), packed.targets[where]
+
+    def _loss(self, packed) -> torch.Tensor:
+        logits, targets = self._logits(packed)
+        return F.cross_entropy(logits, targets)
+
+    @torch.no_grad()
+    def held_out(self) -> dict:
+        """Answers read off teacher-forced argmax on held-out scenes, exact match per kind."""
+        s = self.s
+        scenes = {HELD_OUT + k: evaluation_scene(HELD_OUT + k, s.scene_frames) for k in range(4)}
+        self._scenes.update(scenes)
+        maker = ContextMaker(scenes, s.seed + 1)
+        right: dict[str, list[int]] = {}
+        for _ in range(s.held_out):
+            context = maker.make(s.questions)
+            packed = self._pack(context)
+            logits, targets = self._logits(packed)
+            hits = (logits.argmax(-1) == targets).tolist()
+            offset = 0
+            for question in context.questions:
+                n = len(self.tokenize(question.answer)) + 1
+                right.setdefault(question.kind, []).append(int(all(hits[offset:offset + n])))
+                offset += n
+        report = {kind: round(float(np.mean(v)), 3) for kind, v in sorted(right.items())}
+        self.say(f"stage 2: held-out exact answers {report}")
+        return report
+
+    def trained_parts(self) -> dict[str, torch.Tensor]:
+        parts = {k: v.detach().to(torch.float16).contiguous() for k, v in trainable_state(self.model).items()}
+        lora = lora_state(self.inner.language_model.layers, LORA_TARGETS)
+        parts.update({k: v.to(torch.float16 if k != "lora.scale" else torch.float32).contiguous()
+                      for k, v in lora.items()})
+        return parts
+
+
+def train(settings: TrainSettings, out: Path, say=print) -> dict:
+    from safetensors.torch import save_file
+
+    start = time.perf_counter()
+    trainer = Trainer(settings, say)
+    vision = trainer.train_vision()
+    language = trainer.train_language()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(trainer.trained_parts(), str(out))
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    return {"sha256": digest, "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - start, 1),
+            "vision": vision, "language": language, "settings": asdict(settings),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def _cosine(optimizer, steps: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
