@@ -13,7 +13,7 @@ answers are scored by exact match. The modes change one thing each:
 
 Short-range questions come during the first `--short-minutes` of each stream (the
 full-attention modes stop there: the reference's context grows with the stream, and
-the evaluation model's LM has a 8192-token context); needle questions, about the first
+the evaluation model's LM has an 8192-token context); needle questions, about the first
 minute, come from minute 10 on, and only the bounded-memory modes get that far.
 """
 

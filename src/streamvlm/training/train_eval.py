@@ -14,7 +14,6 @@ report prints their sha256). Different thread counts can change float sums, henc
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import time
@@ -68,14 +67,18 @@ class Trainer:
         self.pixels = PixelSpec(side, side, [0.5] * 3, [0.5] * 3, 1 / 255)
         self.embedding = self.inner.language_model.embed_tokens.weight
         self.stop_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self._ids: dict[str, torch.Tensor] = {}
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     # --- shared pieces ----------------------------------------------------------------
 
-    @functools.lru_cache(maxsize=None)
     def tokenize(self, text: str) -> torch.Tensor:
-        return self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        # Cached per trainer (a method-level lru_cache would keep every trainer, and its
+        # model, alive for the life of the process).
+        if text not in self._ids:
+            self._ids[text] = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        return self._ids[text]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embedding[ids]
