@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from streamvlm.models.eval_model import packaged_weights
@@ -28,7 +29,7 @@ def run(args) -> int:
     from streamvlm.training.train_eval import TrainSettings, train
 
     settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
-    report = train(settings, args.out, say=lambda line: print(line, flush=True))
+    report = train(settings, args.out, say=lambda line: print(line, file=sys.stderr, flush=True))  # stdout: the report
     print(json.dumps(report) if args.json else f"wrote {args.out} ({report['bytes']} bytes, sha256 "
           f"{report['sha256']}) in {report['seconds']} s; held-out {report['language']['held_out']}")
     return 0

@@ -18,7 +18,9 @@ import torch
 from streamvlm.synth.questions import Question, ask_appeared_when, short_range
 from streamvlm.synth.scene import SyntheticScene
 
-KIND_WEIGHTS = {"now": 1.0, "attribute_at": 1.2, "count_since": 1.4, "left_when": 1.4, "appeared_when": 0.8}
+# Counting and leaving need the most examples (they compare frames); finding when an
+# object appeared is the needle skill.
+KIND_WEIGHTS = {"now": 1.0, "attribute_at": 1.0, "count_since": 2.0, "left_when": 2.0, "appeared_when": 1.0}
 HORIZON = 8  # short-range questions look back this many frames (the eval config's window holds 12)
 CELLS = 16  # tokens per frame
 
@@ -49,8 +51,8 @@ class ContextMaker:
         rng = self.rng
         sid = self.ids[int(rng.integers(len(self.ids)))]
         scene = self.scenes[sid]
-        if rng.random() < 0.1:  # the reference's layout: everything since the first frame
-            window = list(range(0, int(rng.integers(12, 36))))
+        if rng.random() < 0.15:  # the reference's layout: everything since the first frame
+            window = list(range(0, int(rng.integers(12, 64))))
         else:
             n = int(rng.integers(6, 15))
             end = int(rng.integers(n + 8, scene.frames))
@@ -116,7 +118,6 @@ class Packed:
     positions: torch.Tensor  # [T]
     mask: torch.Tensor  # [T, T] bool, True where attention is allowed
     targets: torch.Tensor  # [T] the next token id to predict at each position, -100 where none
-    kinds: list[str]
 
 
 def pack(context: Context, frame_tokens, embed, tokenize, prompt, newline: torch.Tensor,
@@ -138,7 +139,8 @@ def pack(context: Context, frame_tokens, embed, tokenize, prompt, newline: torch
                 parts.append(newline[None])
             text = prompt.question_prefix + piece.text + prompt.question_suffix
             parts.append(embed(tokenize(text)))
-            parts.append(embed(tokenize(piece.answer + prompt.turn_separator)))
+            # Apart, as LanguageStage feeds them: the generated answer, then the separator.
+            parts.append(embed(torch.cat([tokenize(piece.answer), tokenize(prompt.turn_separator)])))
             frames_since_turn = False
     context_embeds = torch.cat(parts)
     length = context_embeds.shape[0]
@@ -160,8 +162,7 @@ def pack(context: Context, frame_tokens, embed, tokenize, prompt, newline: torch
     for start, size in spans:
         mask[start:start + size, :length] = True
         mask[start:start + size, start:start + size] = torch.ones(size, size, dtype=torch.bool).tril()
-    return Packed(torch.cat(blocks), torch.cat(positions), mask, torch.cat(targets),
-                  [q.kind for q in context.questions])
+    return Packed(torch.cat(blocks), torch.cat(positions), mask, torch.cat(targets))
 
 
 def seconds_of(ref: FrameRef) -> int:

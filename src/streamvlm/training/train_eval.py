@@ -41,13 +41,13 @@ class TrainSettings:
     seed: int = 0
     threads: int = 2
     vision_scenes: int = 400
-    vision_frames: int = 4000
-    vision_epochs: int = 20
+    vision_frames: int = 8000
+    vision_epochs: int = 14
     vision_lr: float = 1e-3
     scenes: int = 24
     scene_frames: int = 1200
-    steps: int = 900
-    questions: int = 4
+    steps: int = 750
+    questions: int = 10
     lr: float = 1e-3
     projector_lr: float = 2e-4
     rank: int = 8
