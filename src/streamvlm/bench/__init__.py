@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 
-
 def _lm_stream(p) -> None:
     p.add_argument("--tokens", type=int, default=20000, help="tokens of text streamed (default 20000)")
     p.add_argument("--budget", type=int, default=1024, help="KV budget of the streamed caches, tokens")
@@ -39,6 +38,8 @@ def _kv(p) -> None:
                    help="ask a question every N frames (0: frames only); answers are not timed")
     p.add_argument("--baseline-max-mb", type=float, default=32.0,
                    help="the full-attention baseline stops when its KV cache passes this size")
+    p.add_argument("--recompute-frames", type=int, default=200,
+                   help="frames of the sliding-window recompute baseline (its cost is flat once the window is full)")
 
 
 def _decode(p) -> None:
@@ -49,12 +50,13 @@ def _decode(p) -> None:
 
 
 def _vision(p) -> None:
-    p.add_argument("--video", type=Path, required=True, help="any video file OpenCV reads")
+    p.add_argument("--video", required=True, help="a video file OpenCV reads, a bag, or synth:SEED")
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--size", choices=("tiny", "base", "so400m"), default="base", help="SigLIP-sized tower")
     p.add_argument("--mode", choices=("threshold", "stc"), default="threshold")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--backend", choices=("torch",), default="torch")
+    p.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:1...")
     p.add_argument("--threshold", type=float, help="threshold mode: patch change that makes it dynamic")
     p.add_argument("--drift-bound", type=float, help="threshold mode: share changed that forces a full pass")
     p.add_argument("--full-above", type=float, help="threshold mode: share dynamic that runs the full ViT")
@@ -63,7 +65,7 @@ def _vision(p) -> None:
 
 
 def _prune(p) -> None:
-    p.add_argument("--video", type=Path, required=True, help="any video file OpenCV reads")
+    p.add_argument("--video", required=True, help="a video file OpenCV reads, a bag, or synth:SEED")
     p.add_argument("--frames", type=int, default=60, help="sampled frames streamed (default 60)")
     p.add_argument("--fps", type=float, default=1.0, help="rate frames are sampled at (0: every frame)")
     p.add_argument("--mode", choices=("stc", "adaptive"), default="adaptive")
@@ -113,6 +115,24 @@ def _qa(p) -> None:
     p.add_argument("--examples", type=int, default=3, help="answers shown per mode in the JSON")
 
 
+def _e2e(p) -> None:
+    from streamvlm.bench.sources import sample_bag
+
+    p.add_argument("--source", default=sample_bag(),
+                   help="video file, bag, or synth:SEED (even seeds: still camera, odd: panning); "
+                        "default: the sample bag")
+    p.add_argument("--frames", type=int, default=40, help="frames measured, after the warm-up")
+    p.add_argument("--warm-up", type=int, default=2, help="frames run first and not measured")
+    p.add_argument("--fps", type=float, default=1.0, help="camera rate the source is sampled at")
+    p.add_argument("--model", default="edge",
+                   help="vision-language model (default edge: the default checkpoint's sizes, random weights)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:1...")
+    p.add_argument("--budget", type=int, default=8192, help="KV budget, tokens")
+    p.add_argument("--caption-every", type=float, default=5.0, help="a caption every this many stream seconds")
+    p.add_argument("--caption-tokens", type=int, default=24, help="tokens per caption (at most)")
+
+
 # name -> (module, arguments, help)
 BENCHES = {
     "lm-stream": ("streamvlm.bench.lm_stream", _lm_stream,
@@ -126,6 +146,7 @@ BENCHES = {
                  "vision backends side by side: full-frame graph and delta cache, torch vs onnxruntime"),
     "prune": ("streamvlm.bench.prune", _prune, "visual token pruner vs unpruned: tokens, LLM prefill, agreement"),
     "qa": ("streamvlm.bench.qa", _qa, "streaming video QA accuracy per question type, every pipeline mode"),
+    "e2e": ("streamvlm.bench.e2e", _e2e, "sustained frames per second through both stages, captions on"),
 }
 
 
@@ -137,6 +158,18 @@ def add_parser(commands) -> None:
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         arguments(sub)
         sub.set_defaults(run=_runner(module))
+    text = "every bench above with recorded settings: DIR/report.md, DIR/results.json and PNG plots"
+    every = benches.add_parser("all", help=text, description=text)
+    every.add_argument("--out", type=Path, required=True, metavar="DIR")
+    every.add_argument("--quick", action="store_true", help="small settings: under 15 minutes on 2 CPU cores")
+    every.add_argument("--only", nargs="+", metavar="STEP", help="run only the steps whose names start so")
+    every.add_argument("--readme", type=Path, metavar="README.md", help="also rewrite its Performance section")
+    every.set_defaults(run=lambda args: importlib.import_module("streamvlm.bench.suite").run(args))
+    text = "rebuild DIR/report.md and the plots (and a README's Performance section) from DIR/results.json"
+    report = benches.add_parser("report", help=text, description=text)
+    report.add_argument("dir", type=Path, metavar="DIR")
+    report.add_argument("--readme", type=Path, metavar="README.md")
+    report.set_defaults(run=lambda args: importlib.import_module("streamvlm.bench.report").run(args))
 
 
 def _runner(module: str):

@@ -26,7 +26,7 @@ from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
 
 
 def run(args) -> dict:
-    tower, preprocess = _tower(args.size, torch.float32)
+    tower, preprocess = _tower(args.size, torch.float32, "cpu")
     frames = _frames(args.video, args.frames)
     with tempfile.TemporaryDirectory(prefix="streamvlm-bench-") as tmp:
         info = export_onnx(tower, f"bench-{args.size}", Path(tmp), 384)

@@ -36,11 +36,16 @@ class Timer:
         self.ms = (time.perf_counter() - self.start) * 1e3
 
 
+# Set by `bench all` for the benches it runs: their stderr is a pipe it relays to a terminal.
+FORCE_PROGRESS = "STREAMVLM_PROGRESS"
+
+
 def progress(total: int, label: str):
-    """A progress bar on stderr when it is a terminal; silent otherwise (logs, CI)."""
+    """A progress bar on stderr when it reaches a terminal; silent otherwise (logs, CI)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=label, unit="", leave=False, disable=not sys.stderr.isatty())
+    shown = sys.stderr.isatty() or os.environ.get(FORCE_PROGRESS) == "1"
+    return tqdm(total=total, desc=label, unit="", leave=False, disable=not shown)
 
 
 def random_frame(model_name: str, hidden: int, index: int, tokens: int, period_ns: int):
@@ -53,3 +58,12 @@ def random_frame(model_name: str, hidden: int, index: int, tokens: int, period_n
     g = torch.Generator().manual_seed(index)
     embeddings = torch.randn(tokens, hidden, generator=g) * 0.02
     return TokenBatch((index + 1) * period_ns, index, embeddings, torch.arange(tokens), (14, 14), model=model_name)
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> 'cuda' where torch sees a GPU, else 'cpu'; anything else as given."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from streamvlm.bench.measure import median, progress
+from streamvlm.bench.sources import label, sampled
 from streamvlm.config import ModelConfig, PipelineConfig
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.models import load_model
 from streamvlm.synth import SyntheticScene, cells_covered
 from streamvlm.types import TokenBatch
-from streamvlm.video import VideoFrames
 from streamvlm.vision.pruner import TokenPruner
 from streamvlm.vision.stage import VisionStage, prune_settings
 
@@ -46,7 +46,7 @@ def run(args) -> dict:
     pruner = TokenPruner(settings)
     ms = {"full": [], "pruned": []}
     kept, agree, kls = [], [], []
-    frames = _sampled(args.video, args.fps, args.frames)
+    frames = sampled(args.video, args.fps, args.frames)
     bar = progress(len(frames), f"prune {args.mode}")
     for i, (stamp, rgb) in enumerate(frames):
         tokens, grid = vision.encode(model.preprocess(rgb))
@@ -83,6 +83,7 @@ def run(args) -> dict:
         "synthetic": synthetic,
         "mode": args.mode,
         "settings": {k: v for k, v in vars(settings).items() if k != "mode"},
+        "video": label(args.video),
         "model": args.model,
         "fps": args.fps,
         "threads": torch.get_num_threads(),
@@ -96,21 +97,6 @@ def _config(args) -> PipelineConfig:
     vision.update({k: v for k, v in given.items() if v is not None})
     return PipelineConfig().replace(model={"name": args.model, "dtype": args.dtype}, vision=vision,
                                     language={"caption_interval_s": 0.0})
-
-
-def _sampled(path, fps: float, count: int) -> list[tuple[int, np.ndarray]]:
-    """The video's frames at `fps` (every frame at 0), with their stamps, up to `count`."""
-    frames, next_ns = [], 0
-    for frame in VideoFrames(path):
-        if fps and frame.stamp_ns < next_ns:
-            continue
-        frames.append((frame.stamp_ns, frame.rgb))
-        next_ns = frame.stamp_ns + round(1e9 / fps) if fps else 0
-        if len(frames) == count:
-            break
-    if not frames:
-        raise ValueError(f"no frames could be read from {path}")
-    return frames
 
 
 def _appearance_recall(model, cfg: PipelineConfig, settings, frames: int, seed: int) -> dict:

@@ -66,23 +66,25 @@ def run(args) -> dict:
     scores: dict[str, dict[str, list[int]]] = {m: {} for m in modes}
     seconds: dict[str, float] = {}
     examples: dict[str, list[dict]] = {m: [] for m in modes}
+    tokens: dict[str, dict[str, list[int]]] = {m: {"frame": [], "context": []} for m in modes}
     for mode in modes:
         cfg = base.replace(**MODES[mode])
         start = time.perf_counter()
         for scene, asked in streams:
             last = scene.frames if mode in LONG_RANGE_MODES else short_until
             todo = [q for q in asked if q.frame < last and (q.kind != "needle" or mode in LONG_RANGE_MODES)]
-            for question, reply in _answers(cfg, model, scene, todo, last, f"{mode} seed {scene.seed}"):
+            for question, reply in _answers(cfg, model, scene, todo, last, f"{mode} seed {scene.seed}", tokens[mode]):
                 ok = is_correct(question, reply)
                 scores[mode].setdefault(question.kind, []).append(int(ok))
                 if len(examples[mode]) < args.examples:
                     examples[mode].append({"q": question.text, "expected": question.answer, "got": reply})
         seconds[mode] = round(time.perf_counter() - start, 1)
-    return _report(scores, seconds, examples, streams, args)
+    return _report(scores, seconds, examples, tokens, streams, args)
 
 
-def _answers(cfg: PipelineConfig, model, scene, questions, last: int, label: str):
-    """(question, reply) for each question, streaming frames 0..last-1 of the scene."""
+def _answers(cfg: PipelineConfig, model, scene, questions, last: int, label: str, tokens: dict):
+    """(question, reply) for each question, streaming frames 0..last-1 of the scene; the tokens
+    each frame sends and the context each question meets go to `tokens`."""
     vision, language = VisionStage(cfg, model), LanguageStage(cfg, model)
     pending = sorted(questions, key=lambda q: q.frame)
     bar = progress(last, label)
@@ -90,15 +92,17 @@ def _answers(cfg: PipelineConfig, model, scene, questions, last: int, label: str
         batch = vision.process(scene.frame(index), scene.stamp_ns(index))
         if batch is not None:
             language.ingest(batch)
+            tokens["frame"].append(int(batch.embeddings.shape[0]))
         while pending and pending[0].frame == index:
             question = pending.pop(0)
+            tokens["context"].append(language.context_tokens)
             answer = language.ask(question.text, max_new_tokens=cfg.language.max_new_tokens)
             yield question, answer.text if answer.success else ""
         bar.update()
     bar.close()
 
 
-def _report(scores, seconds, examples, streams, args) -> dict:
+def _report(scores, seconds, examples, tokens, streams, args) -> dict:
     def mean(values):
         return round(float(np.mean(values)), 4) if values else None
 
@@ -111,6 +115,9 @@ def _report(scores, seconds, examples, streams, args) -> dict:
             "by_type": {kind: mean(by_kind[kind]) for kind in KINDS if kind in by_kind},
             "questions": sum(len(v) for v in by_kind.values()),
             "seconds": seconds[mode],
+            # What each answer cost: visual tokens sent per frame, and the context a question meets.
+            "tokens_per_frame": mean(tokens[mode]["frame"]),
+            "context_tokens": mean(tokens[mode]["context"]),
         }
     reference = modes.get("reference", {}).get("by_type", {})
     for mode, row in modes.items():

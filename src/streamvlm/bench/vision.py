@@ -8,6 +8,10 @@ full ViT's, over all frames), and recall: of the patches that changed visibly si
 pixels their cache was computed from (at least 10% of a patch's pixels moved by more than
 25/255 in some channel), the share that were recomputed (per layer, for stc).
 
+Roofline: `gflop_per_frame` (counted, full ViT; the cache's mean) and `gflops` (counted
+FLOPs over measured time, for each) against `peak_gflops`, the device's peak
+(`streamvlm.bench.peak` names its source): how much of the machine each keeps busy.
+
 The towers have random weights (none are reachable offline): timing and FLOPs are those
 of the real architecture, but cosine with random weights says how far the cache moves
 the features, not how much a trained model's answers would change.
@@ -20,10 +24,11 @@ import time
 import numpy as np
 import torch
 
-from streamvlm.bench.measure import median, progress
+from streamvlm.bench.measure import median, pick_device, progress
+from streamvlm.bench.peak import peak
+from streamvlm.bench.sources import label, open_frames
 from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
 from streamvlm.vision.encoder import VisionEncoder
-from streamvlm.video import VideoFrames
 
 CHANGED_PIXEL = 25 / 255  # a pixel moved visibly
 CHANGED_SHARE = 0.10  # ... in at least this share of a patch's pixels
@@ -32,7 +37,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def run(args) -> dict:
     dtype = DTYPES[args.dtype]
-    tower, preprocess = _tower(args.size, dtype)
+    device = pick_device(args.device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    tower, preprocess = _tower(args.size, dtype, device)
     settings = _settings(args)
     delta = DeltaViT(tower, settings)
     full = VisionEncoder(tower)
@@ -48,8 +55,10 @@ def run(args) -> dict:
         order = (("full", full), ("cached", delta)) if i % 2 == 0 else (("cached", delta), ("full", full))
         outputs = {}
         for name, encoder in order:
+            sync()
             start = time.perf_counter()
             outputs[name] = encoder(pixels)
+            sync()
             (full_ms if name == "full" else cached_ms).append((time.perf_counter() - start) * 1e3)
         work = delta.last
         kinds[work.kind] += 1
@@ -65,6 +74,10 @@ def run(args) -> dict:
         bar.update()
     bar.close()
     cosine = torch.cat(cosines)
+    ceiling = peak(device, args.dtype, torch.get_num_threads())
+    full_gflop, cached_gflop = full_flops / len(frames) / 1e9, flops / len(frames) / 1e9
+    full_rate = full_flops / 1e9 / (sum(full_ms) / 1e3)
+    cached_rate = flops / 1e9 / (sum(cached_ms) / 1e3)
     return {
         "speedup": round(median(full_ms) / median(cached_ms), 3),
         "flop_ratio": round(flops / full_flops, 4),
@@ -77,6 +90,13 @@ def run(args) -> dict:
         "passes": kinds,  # frames by what the cache did: full ViT, partial, or reused outright
         "full_ms": round(median(full_ms), 2),
         "cached_ms": round(median(cached_ms), 2),
+        "gflop_per_frame": {"full": round(full_gflop, 3), "cached": round(cached_gflop, 3)},
+        "gflops": {"full": round(full_rate, 2), "cached": round(cached_rate, 2)},
+        "peak_gflops": ceiling["gflops"],
+        "peak_source": ceiling["source"],
+        "series": {"full_ms": [round(v, 2) for v in full_ms], "cached_ms": [round(v, 2) for v in cached_ms]},
+        "video": label(args.video),
+        "device": device,
         "mode": args.mode,
         "settings": {k: v for k, v in vars(settings).items() if k != "mode"},
         "size": args.size,
@@ -92,27 +112,23 @@ def _settings(args) -> DeltaSettings:
     return DeltaSettings(mode=args.mode, **{k: v for k, v in given.items() if v is not None})
 
 
-def _tower(size: str, dtype: torch.dtype):
+def _tower(size: str, dtype: torch.dtype, device: str):
     if size == "tiny":
         from streamvlm.config import ModelConfig
         from streamvlm.models import load_model
 
-        model = load_model(ModelConfig(name="tiny", dtype={v: k for k, v in DTYPES.items()}[dtype],
+        model = load_model(ModelConfig(name="tiny", dtype={v: k for k, v in DTYPES.items()}[dtype], device=device,
                                        fallback_to_tiny=False))
         return model.tower, model.preprocess
     from streamvlm.vision.towers import random_siglip, siglip_pixels
 
-    return random_siglip(size, dtype), lambda frame: siglip_pixels(frame, dtype)
+    return random_siglip(size, dtype, device=device), lambda frame: siglip_pixels(frame, dtype).to(device)
 
 
-def _frames(path, count: int) -> list[np.ndarray]:
-    frames = []
-    for frame in VideoFrames(path):
-        frames.append(frame.rgb)
-        if len(frames) == count:
-            break
+def _frames(spec, count: int) -> list[np.ndarray]:
+    frames = [frame.rgb for frame in open_frames(spec, count)]
     if not frames:
-        raise ValueError(f"no frames could be read from {path}")
+        raise ValueError(f"no frames could be read from {spec}")
     return frames
 
 

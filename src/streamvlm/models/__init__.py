@@ -15,6 +15,7 @@ import torch
 
 from streamvlm.config import ModelConfig
 from streamvlm.models.base import VisionLanguageModel, VisionTower
+from streamvlm.models.edge import EDGE, ensure_edge
 from streamvlm.models.eval_model import EVAL, ensure_eval
 from streamvlm.models.prompt import PromptFormat
 from streamvlm.models.tiny import ensure_tiny
@@ -42,9 +43,11 @@ def _adapters():
 
 
 def resolve(name: str) -> Path:
-    """A local directory holding the model `name`: 'tiny', 'eval', a directory, or a HF id."""
+    """A local directory holding the model `name`: 'tiny', 'edge', 'eval', a directory, or a HF id."""
     if name == "tiny":
         return ensure_tiny()
+    if name == EDGE:
+        return ensure_edge()
     if name == EVAL:
         try:
             return ensure_eval()

@@ -76,6 +76,17 @@ def build_once(target: Path, write) -> Path:
 
 
 def write_tiny(out: Path) -> None:
+    write_random_llava(out, vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=2),
+                       text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, tie_word_embeddings=False))
+
+
+def write_random_llava(out: Path, vision: dict, text: dict, vocab_size: int | None = None,
+                       dtype: torch.dtype | None = None) -> None:
+    """A LLaVA-OneVision with random weights (seed SEED) at the given SigLIP and Qwen2 sizes, 384 px
+    frames in 14 px patches, and the tiny tokenizer (`vocab_size`: a larger embedding table than it
+    uses), saved with its tokenizer and image processor as a real checkpoint is."""
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
@@ -86,25 +97,22 @@ def write_tiny(out: Path) -> None:
         LlavaOnevisionImageProcessorPil,
     )
 
-    tokenizer = _build_tokenizer()
-    vision = SiglipVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-        image_size=384, patch_size=14,
-    )
-    text = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        tie_word_embeddings=False, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-    )
+    tokenizer = build_tokenizer()
     config = LlavaOnevisionConfig(
-        vision_config=vision, text_config=text,
+        vision_config=SiglipVisionConfig(**vision, image_size=384, patch_size=14),
+        text_config=Qwen2Config(
+            **text, vocab_size=vocab_size or len(tokenizer), max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
         vision_feature_layer=-1, vision_feature_select_strategy="full",
     )
     torch.manual_seed(SEED)
     model = LlavaOnevisionForConditionalGeneration(config).eval()
+    if dtype is not None:
+        model = model.to(dtype)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     LlavaOnevisionImageProcessorPil(
@@ -112,7 +120,7 @@ def write_tiny(out: Path) -> None:
     ).save_pretrained(out)
 
 
-def _build_tokenizer():
+def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

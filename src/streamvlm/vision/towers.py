@@ -23,7 +23,7 @@ IMAGE_SIZE = 384
 PATCH = 14
 
 
-def random_siglip(size: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> VisionTower:
+def random_siglip(size: str, dtype: torch.dtype = torch.float32, seed: int = 0, device: str = "cpu") -> VisionTower:
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     if size not in SIZES:
@@ -32,7 +32,7 @@ def random_siglip(size: str, dtype: torch.dtype = torch.float32, seed: int = 0) 
     torch.manual_seed(seed)
     config = SiglipVisionConfig(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
                                 num_attention_heads=heads, image_size=IMAGE_SIZE, patch_size=PATCH)
-    model = SiglipVisionModel(config).to(dtype).eval()
+    model = SiglipVisionModel(config).to(device, dtype).eval()
     vision = getattr(model, "vision_model", model)  # transformers 4 nests it, 5 does not
     side = IMAGE_SIZE // PATCH
     return VisionTower(vision.embeddings, tuple(vision.encoder.layers), (layers,), (side, side))
