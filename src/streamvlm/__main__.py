@@ -4,4 +4,6 @@ import sys
 
 from streamvlm.cli import main
 
-sys.exit(main())
+# Guarded so that walking the package (as the no-ROS import test does) does not run the CLI.
+if __name__ == "__main__":
+    sys.exit(main())
