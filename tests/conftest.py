@@ -23,6 +23,16 @@ def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 
 
+def pytest_terminal_summary(terminalreporter):
+    from tally import TALLY
+
+    lines = TALLY.summary()
+    if lines:
+        terminalreporter.write_sep("-", "reliability summary")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def _session_tmp() -> str:
     import atexit
     import shutil

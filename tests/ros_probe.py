@@ -11,6 +11,7 @@ from typing import Callable
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from streamvlm_msgs.msg import Answer, Caption
 from streamvlm_msgs.srv import Ask
@@ -90,3 +91,30 @@ class Probe:
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
         self._thread.join(10)
+
+
+class Running:
+    """Nodes on their own context and executor thread, as `streamvlm.ros.spin.run` would run them."""
+
+    def __init__(self, make_nodes, overrides: dict):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        params = [Parameter(name, value=value) for name, value in overrides.items()]
+        self.nodes = make_nodes(context=self.context, parameter_overrides=params)
+        # As many threads as `streamvlm.ros.spin.run` gives the same nodes.
+        threads = sum(getattr(node, "threads_wanted", 2) for node in self.nodes)
+        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        for node in self.nodes:
+            self.executor.add_node(node)
+        self.started = [node.start() for node in self.nodes]
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.executor.shutdown()
+        for node in self.nodes:
+            node.deactivate_stage()
+            node.release_stage()
+            node.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self.thread.join(10)

@@ -14,11 +14,10 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (make setup)")
 pytest.importorskip("streamvlm_msgs.srv", reason="streamvlm_msgs is not built (make setup)")
 
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
-from ros_probe import Probe, publish_until, wait_for  # noqa: E402
+from ros_probe import Probe, Running, publish_until, wait_for  # noqa: E402
 from streamvlm.bag import BagFrames  # noqa: E402
 from streamvlm.image import encode_compressed  # noqa: E402
 from streamvlm.ros.encoder_node import EncoderNode  # noqa: E402
@@ -26,31 +25,6 @@ from streamvlm.ros.live import compose  # noqa: E402
 from streamvlm.ros.llm_node import LlmNode  # noqa: E402
 
 S = 1_000_000_000
-
-
-class Running:
-    """Nodes on their own context and executor thread, as `streamvlm.ros.spin.run` would run them."""
-
-    def __init__(self, make_nodes, overrides: dict):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        params = [Parameter(name, value=value) for name, value in overrides.items()]
-        self.nodes = make_nodes(context=self.context, parameter_overrides=params)
-        self.executor = MultiThreadedExecutor(num_threads=8, context=self.context)
-        for node in self.nodes:
-            self.executor.add_node(node)
-        self.started = [node.start() for node in self.nodes]
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.executor.shutdown()
-        for node in self.nodes:
-            node.deactivate_stage()
-            node.release_stage()
-            node.destroy_node()
-        rclpy.shutdown(context=self.context)
-        self.thread.join(10)
 
 
 @pytest.fixture

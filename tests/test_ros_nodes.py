@@ -153,7 +153,7 @@ def test_diagnostics_report_the_figures_an_operator_needs(nodes):
                 "ms per frame p50", "ms per frame p95", "tokens per frame", "changed token share",
                 "delta-cache reuse ratio"):
         assert key in encoder, key
-    for key in ("frames received", "frames ingested", "frames dropped (stale)", "KV tokens in use",
+    for key in ("frames received", "frames ingested", "frames dropped (late)", "KV tokens in use",
                 "KV token budget", "memory frames", "memory MiB", "questions answered", "questions rejected",
                 "mean answer latency ms"):
         assert key in llm, key

@@ -130,8 +130,12 @@ def test_refusals_come_at_once_with_reasons(tiny_model, frames):
     assert "no camera frames" in worker.ask("Anyone there?").result(WAIT).error
     assert "empty" in worker.ask("").result(0).error
     assert "limit" in worker.ask("x" * 21).result(0).error
+    assert "not valid UTF-8" in worker.ask("a\udcffb").result(0).error  # bytes decoded with surrogateescape
+    assert "not valid UTF-8" in worker.ask("a\ufffdb").result(0).error  # how rclpy decodes invalid bytes
+    assert "NUL" in worker.ask("a\x00b").result(0).error
     worker.stop()
-    assert worker.rejected == 4 and len(answers) == 4 and not any(a.success for a in answers)
+    assert worker.rejected == 7 and len(answers) == 7 and not any(a.success for a in answers)
+    assert answers[4].question == "a\\udcffb"  # spelled out, so the refusal can be published
 
 
 def test_questions_beyond_the_queue_are_refused_as_busy_and_none_is_lost(tiny_model, frames):
@@ -158,7 +162,7 @@ def test_questions_beyond_the_queue_are_refused_as_busy_and_none_is_lost(tiny_mo
     assert all(a.error.startswith("busy") for a in answers[3:])
 
 
-def test_stale_invalid_and_overflowing_frames_are_counted_drops(tiny_model, frames):
+def test_late_invalid_and_overflowing_frames_are_counted_drops(tiny_model, frames):
     stage = LanguageStage(_cfg(), tiny_model)
     gate = Gate()
     ingest = stage.ingest
@@ -176,7 +180,7 @@ def test_stale_invalid_and_overflowing_frames_are_counted_drops(tiny_model, fram
     assert gate.entered.wait(WAIT)
     for batch in batches[1:]:  # 2..5 arrive while 1 is being ingested; the queue holds 2
         worker.submit_batch(batch)
-    assert not worker.submit_batch(batches[2])  # a repeat: not after the newest
+    assert not worker.submit_batch(batches[4])  # a repeat: not after the newest
     wrong = _batches(tiny_model, frames, [8 * S])[0]
     wrong.embeddings = torch.zeros(4, 3)
     assert not worker.submit_batch(wrong)
@@ -187,7 +191,7 @@ def test_stale_invalid_and_overflowing_frames_are_counted_drops(tiny_model, fram
     gate.opened.set()
     answer = worker.ask("done?").result(WAIT)
     worker.stop()
-    assert worker.dropped_overflow == 2 and worker.dropped_stale == 1 and worker.dropped_invalid == 2
+    assert worker.dropped_overflow == 2 and worker.dropped_late == 1 and worker.dropped_invalid == 2
     assert answer.evidence_ns == [1 * S, 4 * S, 5 * S]
 
 

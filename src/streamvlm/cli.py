@@ -192,9 +192,9 @@ def _stream(args, frames) -> int:
             report.answer(vlm.ask(question.text), origin_ns or 0, question.expected)
     finally:
         report.close()
-    if frames.dropped or late or vlm.dropped_stale:
-        log.info("dropped frames: %d undecodable, %d late, %d out of time order",
-                 frames.dropped, late, vlm.dropped_stale)
+    if frames.dropped or late or vlm.dropped_late:
+        log.info("dropped frames: %d undecodable, %d behind real time, %d out of time order",
+                 frames.dropped, late, vlm.dropped_late)
     return 0
 
 

@@ -139,10 +139,27 @@ class LanguageConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """What a stage does when camera time jumps (see timeline.py)."""
+
+    on_time_jump: str = field(default="reset", metadata={
+        "help": "when stamps jump back or a long gap comes: reset (start a new stream: clear the context and "
+                "memory) or continue (keep them; stamps after a jump back are shifted to follow on)",
+        "choices": ("reset", "continue")})
+    max_gap_s: float = field(default=120.0, metadata={
+        "help": "a forward gap between frames longer than this is a time jump (0: gaps never are)",
+        "range": (0.0, 1e9)})
+    max_reorder_s: float = field(default=1.0, metadata={
+        "help": "a frame at most this much older than the newest is late and dropped; older still, "
+                "the clock jumped back (a looped bag, a reset clock)", "range": (0.0, 1e9)})
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     model: ModelConfig = ModelConfig()
     vision: VisionConfig = VisionConfig()
     language: LanguageConfig = LanguageConfig()
+    stream: StreamConfig = StreamConfig()
 
     def replace(self, **sections: Mapping[str, Any]) -> "PipelineConfig":
         """A copy with some fields of some sections changed: `cfg.replace(model={"name": "tiny"})`."""

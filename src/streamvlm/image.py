@@ -48,6 +48,12 @@ SUPPORTED_ENCODINGS = tuple(sorted(_RAW))
 MAX_PIXELS = 7680 * 4320
 
 
+def row_bytes(encoding: str, width: int) -> int:
+    """Bytes in one row of pixels (without padding) of a supported encoding."""
+    channels, dtype, _ = _RAW[encoding]
+    return width * channels * np.dtype(dtype).itemsize
+
+
 def decode_raw(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False) -> np.ndarray:
     """A sensor_msgs/Image's fields -> RGB uint8 [height, width, 3]."""
     if encoding not in _RAW:
@@ -59,13 +65,13 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data, is_bigen
         raise ImageError(f"image {width}x{height} is larger than the {MAX_PIXELS}-pixel limit")
     if encoding in ("uyvy", "yuv422", "yuyv", "yuv422_yuy2") and width % 2:
         raise ImageError(f"{encoding} needs an even width, got {width}")
-    row_bytes = width * channels * np.dtype(dtype).itemsize
-    if step < row_bytes:
-        raise ImageError(f"step {step} is shorter than a row ({row_bytes} bytes for {width} px {encoding})")
+    row = row_bytes(encoding, width)
+    if step < row:
+        raise ImageError(f"step {step} is shorter than a row ({row} bytes for {width} px {encoding})")
     buffer = np.frombuffer(memoryview(data), dtype=np.uint8)
-    if buffer.size < step * (height - 1) + row_bytes:
+    if buffer.size < step * (height - 1) + row:
         raise ImageError(f"data has {buffer.size} bytes; {width}x{height} {encoding} with step {step} needs more")
-    rows = np.lib.stride_tricks.as_strided(buffer, shape=(height, row_bytes), strides=(step, 1))
+    rows = np.lib.stride_tricks.as_strided(buffer, shape=(height, row), strides=(step, 1))
     pixels = rows.copy().view(np.dtype(dtype).newbyteorder(">" if is_bigendian else "<"))
     pixels = pixels.reshape(height, width, channels)
     if pixels.dtype.itemsize == 2:

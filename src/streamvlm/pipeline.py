@@ -9,6 +9,8 @@ import numpy as np
 from streamvlm.config import PipelineConfig
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.models import VisionLanguageModel, load_model
+from streamvlm.metrics import ThrottledLog
+from streamvlm.timeline import RESET
 from streamvlm.types import Answer, Caption
 from streamvlm.vision.stage import VisionStage
 
@@ -21,7 +23,8 @@ class StreamingVLM:
         self.model = model  # loaded once, shared by both stages
         self.vision = VisionStage(cfg, model)
         self.language = LanguageStage(cfg, model)
-        self.dropped_stale = 0  # frames not newer than the newest in the context
+        self.timeline = self.vision.timeline  # one timeline: both stages take the same frames
+        self._warn = ThrottledLog(log.warning)
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig | None = None) -> "StreamingVLM":
@@ -31,20 +34,27 @@ class StreamingVLM:
     def push(self, frame_rgb: np.ndarray, stamp_ns: int) -> Caption | None:
         """Feed one camera frame; returns a caption when one is due.
 
-        A frame whose stamp is not after the newest frame in the context (a looped bag, a
-        clock jump) is dropped and counted: the context is in time order.
+        Stamps go through the stream's Timeline (see timeline.py): a late frame is dropped and
+        counted, and a time jump (a looped bag, a reset clock, a long gap) starts a new stream
+        or continues this one with shifted stamps, as `stream.on_time_jump` says.
         """
-        if self.language.has_frames and stamp_ns <= self.language.newest_stamp_ns:
-            self.dropped_stale += 1
-            if self.dropped_stale == 1 or self.dropped_stale % 100 == 0:
-                log.warning("dropped %d frames older than the newest in the context (stamp %d <= %d)",
-                            self.dropped_stale, stamp_ns, self.language.newest_stamp_ns)
+        placed = self.timeline.admit(stamp_ns, self._warn, "frames")
+        if placed is None:
             return None
-        batch = self.vision.process(frame_rgb, stamp_ns)
+        if placed.verdict == RESET:
+            self.vision.reset()
+            self.vision.sampler.restart()
+            self.language.reset()
+        batch = self.vision.process(frame_rgb, placed.stamp_ns)
         if batch is None:
             return None
         self.language.ingest(batch)
         return self.language.maybe_caption()
+
+    @property
+    def dropped_late(self) -> int:
+        """Frames older than the newest, within the reorder window (the timeline counts them)."""
+        return self.timeline.late
 
     def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
         return self.language.ask(question, max_new_tokens)

@@ -19,6 +19,7 @@ from streamvlm.llm.kv_cache import FRAME, CacheLayout
 from streamvlm.llm.memory import FrameMemory, MemorySettings
 from streamvlm.llm.reference import FullAttentionEngine
 from streamvlm.models import VisionLanguageModel
+from streamvlm.timeline import Timeline
 from streamvlm.types import Answer, Caption, TokenBatch
 
 
@@ -53,6 +54,7 @@ class LanguageStage:
         self.cfg = cfg
         self.model = model
         self.engine = make_engine(cfg.language, model)
+        self.timeline = Timeline(cfg.stream)  # applied by whoever receives the tokens (worker, pipeline)
         self._newest_ns: int | None = None  # newest frame ingested (it may have left the cache since)
         self._first_ns: int | None = None  # the stream's first frame: time markers count from it
         self._started = False
@@ -85,6 +87,7 @@ class LanguageStage:
                 self.engine.memory.settings = memory  # new limits apply now, compression to new frames
                 self.engine.memory.enforce_budget()
                 self.engine.attach_memory(self.engine.memory)
+        self.timeline.cfg = cfg.stream
         self.cfg = cfg
 
     @property
@@ -267,4 +270,10 @@ class LanguageStage:
         limit = self.cfg.language.max_question_chars
         if len(question) > limit:
             return f"question has {len(question)} characters; the limit is {limit}"
+        # rclpy decodes a string field's invalid UTF-8 bytes to U+FFFD; Python callers may
+        # pass lone surrogates (bytes decoded with surrogateescape). Neither is a question.
+        if "\ufffd" in question or any("\ud800" <= c <= "\udfff" for c in question):
+            return "question is not valid UTF-8"
+        if "\x00" in question:
+            return "question holds a NUL character"
         return ""

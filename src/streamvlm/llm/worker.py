@@ -8,11 +8,16 @@ beyond `max_pending_frames` push out the oldest waiting frame (the LLM is slower
 encoder: keep latency bounded, count the drop), and questions beyond
 `max_pending_questions` are refused at once as busy. Every question gets an `Answer`,
 refusals included, through the returned future and the `on_answer` callback.
+
+Stamps go through the stage's Timeline as they arrive: late frames are dropped, and a
+time jump either resets the stream (in turn, after the frames and questions before it)
+or continues with shifted stamps (see timeline.py).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import threading
@@ -23,6 +28,7 @@ from typing import Any, Callable
 
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.metrics import RecentValues, ThrottledLog
+from streamvlm.timeline import RESET
 from streamvlm.types import Answer, Caption, TokenBatch
 
 log = logging.getLogger(__name__)
@@ -48,22 +54,21 @@ class LanguageWorker:
         self._warn = ThrottledLog(warn)
         self._max_frames = max_pending_frames
         self._max_questions = max_pending_questions
-        # (arrival number, item, monotonic arrival time)
-        self._frames: collections.deque[tuple[int, TokenBatch, float]] = collections.deque()
-        self._questions: collections.deque[tuple[int, _Question, float]] = collections.deque()
+        # (arrival number, item, monotonic arrival time, reset the stream before it)
+        self._frames: collections.deque[tuple[int, TokenBatch, float, bool]] = collections.deque()
+        self._questions: collections.deque[tuple[int, _Question, float, bool]] = collections.deque()
         self._arrival = itertools.count()
-        self._newest_ns: int | None = None  # newest stamp accepted into the queue
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
         self.received = 0
         self.ingested = 0
-        self.dropped_stale = 0  # not newer than a frame already taken: the context is in time order
         self.dropped_overflow = 0  # pushed out of a full queue while the model was busy
         self.dropped_invalid = 0  # wrong size, model or values
         self.answered = 0
         self.rejected = 0  # refused (empty, too long, busy, no frames) or failed
         self.captions = 0
+        self.failed = 0  # frames or questions whose processing raised; logged, and the worker goes on
         self.ms_per_frame = RecentValues()  # prefill time per ingested frame
         self.ms_waiting = RecentValues()  # arrival to ingestion: bounded by the queue size
         self.answer_ms = RecentValues()
@@ -80,7 +85,7 @@ class LanguageWorker:
         """Stops after the work in hand; waiting questions are answered with an error."""
         with self._cond:
             self._running = False
-            waiting = [question for _, question, _ in self._questions]
+            waiting = [entry[1] for entry in self._questions]
             self._questions.clear()
             self._frames.clear()
             self._cond.notify_all()
@@ -91,7 +96,7 @@ class LanguageWorker:
             self._thread = None
 
     def submit_batch(self, batch: TokenBatch) -> bool:
-        """Queue one frame's tokens; False (and counted) when they are invalid or stale."""
+        """Queue one frame's tokens; False (and counted) when they are invalid or late."""
         try:
             self.stage.check_batch(batch)
         except ValueError as err:
@@ -102,18 +107,23 @@ class LanguageWorker:
             return False
         with self._cond:
             self.received += 1
-            if self._newest_ns is not None and batch.stamp_ns <= self._newest_ns:
-                self.dropped_stale += 1
-                self._warn("stale", f"dropped vision tokens out of time order ({self.dropped_stale} so far): "
-                                    f"stamp {batch.stamp_ns} ns is not after {self._newest_ns} ns")
+            placed = self.stage.timeline.admit(batch.stamp_ns, self._warn, "vision tokens")
+            if placed is None:
                 return False
-            self._newest_ns = batch.stamp_ns
+            if placed.stamp_ns != batch.stamp_ns:
+                batch = dataclasses.replace(batch, stamp_ns=placed.stamp_ns)
+            reset = placed.verdict == RESET
             if len(self._frames) >= self._max_frames:
-                self._frames.popleft()
+                dropped = self._frames.popleft()
+                if dropped[3]:  # the reset still happens, before the next frame
+                    if self._frames:
+                        self._frames[0] = (*self._frames[0][:3], True)
+                    else:
+                        reset = True
                 self.dropped_overflow += 1
                 self._warn("overflow", f"language model slower than the encoder: {self.dropped_overflow} "
                                        "frames dropped so far")
-            self._frames.append((next(self._arrival), batch, time.monotonic()))
+            self._frames.append((next(self._arrival), batch, time.monotonic(), reset))
             self._cond.notify()
         return True
 
@@ -146,18 +156,23 @@ class LanguageWorker:
                     error = f"busy: {len(self._questions)} questions are waiting; ask again later"
                 else:
                     self._questions.append((next(self._arrival), _Question(question, max_new_tokens, future),
-                                            time.monotonic()))
+                                            time.monotonic(), False))
                     self._cond.notify()
                     return future
         self._refuse(question, error, future)
         return future
+
+    @property
+    def dropped_late(self) -> int:
+        """Frames older than the newest, within the reorder window: the context is in time order."""
+        return self.stage.timeline.late
 
     def status(self) -> dict[str, Any]:
         """Figures for diagnostics, by name."""
         return {
             "frames received": self.received,
             "frames ingested": self.ingested,
-            "frames dropped (stale)": self.dropped_stale,
+            "frames dropped (late)": self.dropped_late,
             "frames dropped (busy)": self.dropped_overflow,
             "frames dropped (invalid)": self.dropped_invalid,
             "ms per frame p50": round(self.ms_per_frame.percentile(50), 1),
@@ -173,6 +188,8 @@ class LanguageWorker:
             "questions waiting": len(self._questions),
             "mean answer latency ms": round(self.answer_ms.mean(), 1),
             "captions": self.captions,
+            "frames or questions failed": self.failed,
+            **self.stage.timeline.status(),
         }
 
     def _memory_status(self) -> dict[str, Any]:
@@ -183,34 +200,39 @@ class LanguageWorker:
                 "memory frames dropped (full)": memory.dropped}
 
     def _refuse(self, question: str, error: str, future: "Future[Answer]") -> None:
-        answer = Answer(question if isinstance(question, str) else "", "", self.stage.newest_stamp_ns, 0.0,
-                        success=False, error=error)
+        # Echoed back on `answers`: lone surrogates could not be serialized, so they are spelled out.
+        echo = question.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(question, str) else ""
+        answer = Answer(echo, "", self.stage.newest_stamp_ns, 0.0, success=False, error=error)
         with self._cond:
             self.rejected += 1
         future.set_result(answer)
         self._publish(answer)
 
-    def _next(self) -> tuple[TokenBatch | _Question, float] | None:
-        """The earliest-arrived waiting item and its arrival time, or None when stopping."""
+    def _next(self) -> tuple[TokenBatch | _Question, float, bool] | None:
+        """The earliest-arrived waiting item, its arrival time and whether the stream resets
+        before it, or None when stopping."""
         with self._cond:
             while self._running and not self._frames and not self._questions:
                 self._cond.wait()
             if not self._running:
                 return None
             take_frame = self._frames and (not self._questions or self._frames[0][0] < self._questions[0][0])
-            _, item, arrived = (self._frames if take_frame else self._questions).popleft()
-            return item, arrived
+            _, item, arrived, reset = (self._frames if take_frame else self._questions).popleft()
+            return item, arrived, reset
 
     def _run(self) -> None:
         while (taken := self._next()) is not None:
-            item, arrived = taken
+            item, arrived, reset = taken
             try:
+                if reset:
+                    self.stage.reset()
                 if isinstance(item, TokenBatch):
                     self.ms_waiting.add((time.monotonic() - arrived) * 1e3)
                     self._ingest(item)
                 else:
                     self._answer(item)
             except Exception as err:  # noqa: BLE001 - the worker must outlive any one item
+                self.failed += 1
                 self._warn("failed", f"language worker error: {type(err).__name__}: {err}")
                 if isinstance(item, _Question) and not item.future.done():
                     self._refuse(item.text, f"internal error: {type(err).__name__}: {err}", item.future)

@@ -30,7 +30,7 @@ TOKENS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=R
 
 
 class EncoderNode(StageNode):
-    SECTIONS = ("model", "vision")
+    SECTIONS = ("model", "vision", "stream")
 
     def __init__(self, node_name: str = "encoder_node", on_batch: Callable[[TokenBatch], None] | None = None,
                  **kwargs):

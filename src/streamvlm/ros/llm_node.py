@@ -35,10 +35,14 @@ from streamvlm.ros.stage_node import StageNode
 from streamvlm.types import Answer, Caption, TokenBatch
 
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Requests beyond the question queue must reach the callback to be refused as busy; with
+# the services default (depth 10) a burst of calls would overflow the middleware's queue
+# and the callers would never hear back.
+ASK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class LlmNode(StageNode):
-    SECTIONS = ("model", "language")
+    SECTIONS = ("model", "language", "stream")
 
     def __init__(self, node_name: str = "llm_node", subscribe_tokens: bool = True, **kwargs):
         """`subscribe_tokens=False` when an encoder in the same process hands tokens to
@@ -54,7 +58,7 @@ class LlmNode(StageNode):
         # The service exists in every state, so a question to an inactive node is answered
         # with the reason instead of leaving the caller waiting for the service.
         self._ask_group = ReentrantCallbackGroup()
-        self.create_service(Ask, "ask", self._on_ask, callback_group=self._ask_group)
+        self.create_service(Ask, "ask", self._on_ask, qos_profile=ASK_QOS, callback_group=self._ask_group)
 
     @property
     def threads_wanted(self) -> int:
@@ -158,11 +162,11 @@ class LlmNode(StageNode):
     def health(self, now: dict[str, Any], before: dict[str, Any]) -> tuple[bytes, str]:
         if now.get("frames received", 0) == 0:
             return WARN, "no vision tokens received yet"
-        busy, stale = grew(now, before, "frames dropped (busy)"), grew(now, before, "frames dropped (stale)")
+        busy, late = grew(now, before, "frames dropped (busy)"), grew(now, before, "frames dropped (late)")
         if busy:
             return WARN, f"slower than the encoder: {busy} frames dropped in the last period"
-        if stale:
-            return WARN, f"{stale} frames out of time order dropped in the last period"
+        if late:
+            return WARN, f"{late} frames out of time order dropped in the last period"
         if grew(now, before, "questions rejected"):
             return WARN, "questions were refused in the last period"
         return OK, "ingesting and answering"

@@ -25,6 +25,10 @@ class FrameSampler:
         self._interval_ns = 0  # the camera's last frame interval
         self._last_period = -1
 
+    def restart(self) -> None:
+        """A new stream: its next frame is kept and periods count from it."""
+        self._origin_ns = self._seen_ns = None
+
     def accept(self, stamp_ns: int) -> bool:
         if self._seen_ns is not None and stamp_ns < self._seen_ns:
             self._origin_ns = None

@@ -8,6 +8,7 @@ import torch
 from streamvlm.backends import make_backend
 from streamvlm.config import PipelineConfig, VisionConfig
 from streamvlm.models import VisionLanguageModel, load_model
+from streamvlm.timeline import Timeline
 from streamvlm.types import TokenBatch
 from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
 from streamvlm.vision.pruner import PruneSettings, TokenPruner
@@ -33,6 +34,7 @@ class VisionStage:
         self.encoder = DeltaViT(model.tower, delta_settings(v), backend)  # mode "off": the full ViT every frame
         self.pruner = TokenPruner(prune_settings(cfg.vision))
         self.sampler = FrameSampler(cfg.vision.fps)
+        self.timeline = Timeline(cfg.stream)  # applied by whoever receives the frames (worker, pipeline)
         self.frames_seen = 0
         self.frames_processed = 0
 
@@ -47,16 +49,23 @@ class VisionStage:
         for name in ("backend", "engines_dir", "torch_compile", "trt_precision"):
             if getattr(cfg.vision, name) != getattr(self.cfg.vision, name):
                 raise ValueError(f"vision.{name} is fixed while running; reconfigure the node to change it")
-        if cfg.vision.fps != self.cfg.vision.fps:
-            self.sampler = FrameSampler(cfg.vision.fps)
         pruning = prune_settings(cfg.vision)  # raises ValueError on inconsistent sizes, before any change
         settings = delta_settings(cfg.vision)
+        if cfg.vision.fps != self.cfg.vision.fps:
+            self.sampler = FrameSampler(cfg.vision.fps)
         if pruning != self.pruner.settings:
             self.pruner = TokenPruner(pruning)
         if settings != self.encoder.settings:
             self.encoder.settings = settings
             self.encoder.reset()  # the next frame is a full pass under the new settings
+        self.timeline.cfg = cfg.stream
         self.cfg = cfg
+
+    def reset(self) -> None:
+        """A new stream: the next frame gets a full ViT pass and all its tokens are new. The
+        sampler restarts itself when stamps go back; `sampler.restart()` forces it."""
+        self.encoder.reset()
+        self.pruner.reset()
 
     def process(self, frame_rgb: np.ndarray, stamp_ns: int) -> TokenBatch | None:
         """One camera frame -> its tokens, or None when the sampling rate skips it."""

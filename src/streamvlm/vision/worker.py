@@ -7,6 +7,10 @@ decoding; a wanted frame waits in a single slot, and a newer wanted frame arrivi
 the worker took it replaces it (counted in `dropped_busy`). This is the drop-oldest,
 depth-one queue of ROS image_pipeline's camera_calibration, without any ROS types: the
 caller supplies `decode` for whatever its frames are (a sensor_msgs/Image, a file...).
+
+Stamps go through the stage's Timeline first: late frames are dropped, and a time jump
+either resets the stream (the worker thread resets the stage before the jump's frame) or
+continues with shifted stamps (see timeline.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from streamvlm.image import ImageError
 from streamvlm.metrics import RecentValues, ThrottledLog
+from streamvlm.timeline import RESET
 from streamvlm.types import TokenBatch
 from streamvlm.vision.stage import VisionStage
 
@@ -35,6 +40,7 @@ class VisionWorker(Generic[Item]):
         self._on_batch = on_batch
         self._warn = ThrottledLog(warn)
         self._slot: tuple[int, Item, float] | None = None  # stamp, frame, monotonic arrival
+        self._reset_pending = False  # a new stream began: reset the stage before the next frame
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -74,7 +80,17 @@ class VisionWorker(Generic[Item]):
         with self._cond:
             self.received += 1
             self.last_frame_monotonic = time.monotonic()
-            if not self._running or not self.stage.accept(stamp_ns):
+            if not self._running:
+                self.skipped += 1
+                return False
+            placed = self.stage.timeline.admit(stamp_ns, self._warn, "frames")
+            if placed is None:
+                return False
+            if placed.verdict == RESET:
+                self.stage.sampler.restart()
+                self._reset_pending = True
+            stamp_ns = placed.stamp_ns
+            if not self.stage.accept(stamp_ns):
                 self.skipped += 1
                 return False
             if self._slot is not None:
@@ -84,6 +100,11 @@ class VisionWorker(Generic[Item]):
             self._cond.notify()
         return True
 
+    @property
+    def dropped_late(self) -> int:
+        """Frames older than the newest, within the reorder window (the timeline counts them)."""
+        return self.stage.timeline.late
+
     def status(self) -> dict[str, Any]:
         """Figures for diagnostics, by name."""
         return {
@@ -91,6 +112,7 @@ class VisionWorker(Generic[Item]):
             "frames skipped by rate": self.skipped,
             "frames processed": self.processed,
             "frames dropped (busy)": self.dropped_busy,
+            "frames dropped (late)": self.dropped_late,
             "frames dropped (invalid)": self.dropped_invalid,
             "frames failed": self.failed,
             "ms per frame p50": round(self.ms_per_frame.percentile(50), 1),
@@ -99,6 +121,7 @@ class VisionWorker(Generic[Item]):
             "tokens per frame": round(self.tokens_per_frame.mean(), 1),
             "changed token share": round(self.novelty.mean(), 3),
             "delta-cache reuse ratio": round(self.reuse_ratio.mean(), 3),
+            **self.stage.timeline.status(),
         }
 
     def _run(self) -> None:
@@ -110,6 +133,9 @@ class VisionWorker(Generic[Item]):
                     return
                 stamp_ns, item, arrived = self._slot
                 self._slot = None
+                reset, self._reset_pending = self._reset_pending, False
+            if reset:
+                self.stage.reset()
             self.ms_waiting.add((time.monotonic() - arrived) * 1e3)
             self._process(stamp_ns, item)
 
