@@ -4,8 +4,11 @@ conditions with a deadline, never on sleeps."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import rclpy
@@ -118,3 +121,21 @@ class Running:
             node.destroy_node()
         rclpy.shutdown(context=self.context)
         self.thread.join(10)
+
+
+def start_node(executable: str, args: list[str], log_dir: Path) -> subprocess.Popen:
+    """A console script of this environment (`llm_node`, `encoder_node`...) in its own process."""
+    path = Path(sys.executable).parent / executable
+    assert path.exists(), f"{path} missing: is the package installed in this environment?"
+    log = open(log_dir / f"{executable}.log", "a")
+    return subprocess.Popen([str(path), *args], stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_node(process: subprocess.Popen) -> int:
+    """SIGTERM, as `ros2 launch` stops a node; its exit code (SIGKILL after 30 s)."""
+    process.terminate()
+    try:
+        return process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()

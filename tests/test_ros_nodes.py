@@ -3,8 +3,6 @@ fed by `streamvlm play` from the sample bag; this test process is the user askin
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -16,9 +14,8 @@ pytestmark = pytest.mark.ros
 pytest.importorskip("rclpy", reason="rclpy is not installed (make setup)")
 pytest.importorskip("streamvlm_msgs.srv", reason="streamvlm_msgs is not built (make setup)")
 
-from ros_probe import Probe, publish_until, wait_for  # noqa: E402  (needs rclpy)
+from ros_probe import Probe, publish_until, start_node, stop_node, wait_for  # noqa: E402  (needs rclpy)
 
-BIN = Path(sys.executable).parent
 TOPIC = "/camera/image/compressed"
 BAG_START_S = 1_700_000_000  # the sample bag's first stamp
 NODE_ARGS = [
@@ -32,34 +29,18 @@ NODE_ARGS = [
 LLM, ENCODER = "streamvlm: /llm_node", "streamvlm: /encoder_node"
 
 
-def _start(executable: str, args: list[str], log_dir: Path) -> subprocess.Popen:
-    path = BIN / executable
-    assert path.exists(), f"{path} missing: is the package installed in this environment?"
-    log = open(log_dir / f"{executable}.log", "w")
-    return subprocess.Popen([str(path), *args], stdout=log, stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen) -> int:
-    process.terminate()
-    try:
-        return process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
 @pytest.fixture(scope="module")
 def nodes(tiny_model, tmp_path_factory):
     """Both nodes running (the tiny model is built before they start, so they share it)."""
     logs = tmp_path_factory.mktemp("node-logs")
-    processes = [_start("llm_node", NODE_ARGS, logs), _start("encoder_node", NODE_ARGS, logs)]
+    processes = [start_node("llm_node", NODE_ARGS, logs), start_node("encoder_node", NODE_ARGS, logs)]
     probe = Probe()
     try:
         wait_for(lambda: probe.levels.get(LLM) and probe.levels.get(ENCODER), 90, "diagnostics from both nodes")
         yield probe, logs
     finally:
         probe.close()
-        codes = [_stop(p) for p in processes]
+        codes = [stop_node(p) for p in processes]
         logs_text = "\n".join(f.read_text() for f in sorted(logs.glob("*.log")))
         assert codes == [0, 0], f"nodes exited with {codes}:\n{logs_text}"
 
@@ -151,11 +132,11 @@ def test_diagnostics_report_the_figures_an_operator_needs(nodes):
     encoder, llm = probe.diagnostics[ENCODER], probe.diagnostics[LLM]
     for key in ("frames received", "frames processed", "frames dropped (busy)", "frames dropped (invalid)",
                 "ms per frame p50", "ms per frame p95", "tokens per frame", "changed token share",
-                "delta-cache reuse ratio"):
+                "delta-cache reuse ratio", "frames dropped (late)", "time jump policy", "stream resets"):
         assert key in encoder, key
     for key in ("frames received", "frames ingested", "frames dropped (late)", "KV tokens in use",
                 "KV token budget", "memory frames", "memory MiB", "questions answered", "questions rejected",
-                "mean answer latency ms"):
+                "mean answer latency ms", "time jump policy", "time jumps back", "time gaps", "stream resets"):
         assert key in llm, key
     assert int(encoder["frames dropped (invalid)"]) >= 2
     assert float(encoder["tokens per frame"]) > 0 and float(llm["ms per frame p95"]) > 0

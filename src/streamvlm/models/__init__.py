@@ -88,13 +88,21 @@ def load_model(cfg: ModelConfig) -> VisionLanguageModel:
             raise
         log.warning("model %s unavailable (%s); using the tiny random model instead", cfg.name, err)
         model_dir, name = ensure_tiny(), "tiny"
-    model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    try:
+        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ModelUnavailable(f"{name}: cannot read {model_dir / 'config.json'}: {err}") from None
     adapters = _adapters()
     if model_type not in adapters:
         raise ModelUnavailable(f"{name}: model type {model_type!r} is not supported; known: {sorted(adapters)}")
     if cfg.dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
-    return adapters[model_type](model_dir, name, _DTYPES[cfg.dtype], torch.device(cfg.device))
+    try:
+        return adapters[model_type](model_dir, name, _DTYPES[cfg.dtype], torch.device(cfg.device))
+    except ModelUnavailable:
+        raise
+    except Exception as err:  # truncated or foreign weights, a config that does not fit them...
+        raise ModelUnavailable(f"{name}: loading {model_dir} failed: {type(err).__name__}: {err}") from err
 
 
 _shared: "weakref.WeakValueDictionary[ModelConfig, VisionLanguageModel]" = weakref.WeakValueDictionary()
