@@ -115,3 +115,16 @@ def test_memory_keeps_a_leaving_frames_marker_whole(tiny_model, monkeypatch):
     marker = len(tiny_model.tokenize(" 5s")[0])
     stored = [f for f in stage.memory.frames if f.stamp_ns == 6 * S][0]
     assert stored.tokens == marker + 10  # the marker, and a quarter of the 40 frame tokens
+
+
+def test_a_question_whose_room_evicts_frames_sends_them_to_memory(tiny_model):
+    # Frames fill the budget inside the time window, so the question's reservation evicts
+    # one; that eviction runs outside the prefill, where memory's tensors were made.
+    stage = _stage(tiny_model, kv_budget_tokens=1024, text_sink_tokens=64, text_window_tokens=64, max_new_tokens=8)
+    for second in range(1, 12):
+        stage.ingest(_batch(tiny_model, second * S, tokens=100))
+    held = len(stage.memory)
+    assert held > 0 and stage.engine.free < 64
+    answer = stage.ask("What happened?")
+    assert answer.success, answer.error
+    assert len(stage.memory) > held

@@ -133,6 +133,23 @@ def _e2e(p) -> None:
     p.add_argument("--caption-tokens", type=int, default=24, help="tokens per caption (at most)")
 
 
+def _soak(p) -> None:
+    p.add_argument("--frames", type=int, default=20000, help="frames pushed (default 20000: 66 min at 5 fps)")
+    p.add_argument("--fps", type=float, default=5.0, help="camera rate the frame stamps follow")
+    p.add_argument("--source", default="synth:1", help="video file, bag, or synth:SEED (default: a panning scene)")
+    p.add_argument("--distinct", type=int, default=300, help="frames read from the source, then cycled")
+    p.add_argument("--model", default="tiny", help="vision-language model (default tiny)")
+    p.add_argument("--budget", type=int, default=2048, help="KV budget, tokens")
+    p.add_argument("--memory-mb", type=float, default=2.0, help="long-term memory cap, MiB (reached within the warm-up)")
+    p.add_argument("--caption-every", type=float, default=30.0, help="a caption every this many stream seconds")
+    p.add_argument("--question-every", type=int, default=500, metavar="N", help="a burst of questions every N frames")
+    p.add_argument("--burst", type=int, default=20, help="questions per burst (plus one empty one)")
+    p.add_argument("--queue", type=int, default=16, help="questions waiting beyond this are refused as busy")
+    p.add_argument("--answer-tokens", type=int, default=6, help="max_new_tokens of each answer")
+    p.add_argument("--answer-timeout", type=float, default=120.0, help="seconds after the run before an answer is lost")
+    p.add_argument("--warm-up", type=float, default=0.1, help="share of the frames before memory is compared")
+
+
 # name -> (module, arguments, help)
 BENCHES = {
     "lm-stream": ("streamvlm.bench.lm_stream", _lm_stream,
@@ -147,6 +164,8 @@ BENCHES = {
     "prune": ("streamvlm.bench.prune", _prune, "visual token pruner vs unpruned: tokens, LLM prefill, agreement"),
     "qa": ("streamvlm.bench.qa", _qa, "streaming video QA accuracy per question type, every pipeline mode"),
     "e2e": ("streamvlm.bench.e2e", _e2e, "sustained frames per second through both stages, captions on"),
+    "soak": ("streamvlm.bench.soak", _soak,
+             "a long stream through both stages' workers with bursts of questions: memory growth, nothing lost"),
 }
 
 

@@ -75,6 +75,9 @@ class StreamingEngine:
         if self.memory is not None:
             self.memory.clear()
 
+    # Eviction writes into the cache's and memory's tensors, made under inference mode: any
+    # entry point that may evict runs under it too (a question reserving room evicts).
+    @torch.inference_mode()
     def make_room(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> None:
         self.cache.make_room(incoming, kind, stamp_ns)
 
@@ -114,6 +117,7 @@ class StreamingEngine:
             self.cache.insert_frames(frames)
         return [stamp for _, _, stamp in frames]
 
+    @torch.inference_mode()
     def remove_retrieved(self) -> None:
         self.cache.remove_retrieved()
 
