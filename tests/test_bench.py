@@ -120,3 +120,13 @@ def test_qa_runs_every_mode_on_the_same_questions():
         assert row["questions"] == asked and 0.0 <= row["accuracy"] <= 1.0
         assert set(row["by_type"]) == set(out["questions"])
     assert set(out["chance"]) == set(out["questions"])
+
+
+def test_soak_streams_through_both_workers_and_accounts_for_every_question():
+    out = _bench("soak", "--frames", "300", "--question-every", "100", "--burst", "20", "--queue", "8",
+                 "--distinct", "20", "--budget", "1024", "--caption-every", "10")
+    assert out["frames"] == out["frames_ingested"] == 300 and out["frames_dropped"] == 0
+    # Three bursts of 20 questions and an empty one, against a queue of 8.
+    assert out["answered"] + out["rejected"] == 3 * 21 and out["lost"] == 0 and out["crashes"] == 0
+    assert out["answered"] >= 3 * 8 and out["rejected_busy"] >= 1 and out["rejected"] >= 3 + out["rejected_busy"]
+    assert out["captions"] >= 1 and out["kv_tokens"] <= 1024 and math.isfinite(out["rss_growth"])

@@ -3,6 +3,8 @@ fed by `streamvlm play` from the sample bag; this test process is the user askin
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -27,6 +29,7 @@ NODE_ARGS = [
     "-r", f"image/compressed:={TOPIC}",
 ]
 LLM, ENCODER = "streamvlm: /llm_node", "streamvlm: /encoder_node"
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
