@@ -272,7 +272,11 @@ class LanguageStage:
             return f"question has {len(question)} characters; the limit is {limit}"
         # rclpy decodes a string field's invalid UTF-8 bytes to U+FFFD; Python callers may
         # pass lone surrogates (bytes decoded with surrogateescape). Neither is a question.
-        if "\ufffd" in question or any("\ud800" <= c <= "\udfff" for c in question):
+        try:
+            question.encode("utf-8")  # fails on lone surrogates, in C rather than a loop per character
+        except UnicodeEncodeError:
+            return "question is not valid UTF-8"
+        if "\ufffd" in question:
             return "question is not valid UTF-8"
         if "\x00" in question:
             return "question holds a NUL character"
