@@ -64,6 +64,7 @@ class Probe:
         self.node.create_subscription(Answer, "answers", self.answers.append, RELIABLE)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE)
         self.ask_client = self.node.create_client(Ask, "ask")
+        self._parameter_clients: dict = {}
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -85,6 +86,24 @@ class Probe:
         future.add_done_callback(lambda _: done.set())
         assert done.wait(timeout_s), f"no response to {question!r} within {timeout_s} s"
         return future.result()
+
+    def set_parameters(self, node_name: str, values: dict, timeout_s: float = 30.0) -> list:
+        """Set parameters of another node through its parameter service, as `ros2 param set`
+        does; the SetParametersResult of each."""
+        from rcl_interfaces.srv import SetParameters
+
+        client = self._parameter_clients.get(node_name)
+        if client is None:
+            client = self._parameter_clients[node_name] = self.node.create_client(
+                SetParameters, f"/{node_name}/set_parameters")
+        assert client.wait_for_service(timeout_sec=timeout_s), f"no parameter service on {node_name}"
+        request = SetParameters.Request(
+            parameters=[Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
+        done = threading.Event()
+        future = client.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(timeout_s), f"no response from {node_name}/set_parameters within {timeout_s} s"
+        return list(future.result().results)
 
     def publisher(self, msg_type, topic: str, qos=RELIABLE):
         return self.node.create_publisher(msg_type, topic, qos)

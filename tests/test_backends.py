@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from streamvlm.backends import make_backend
+from streamvlm.backends import BackendSettings, make_backend
 from streamvlm.backends.onnxruntime_backend import OnnxRuntimeBackend
 from streamvlm.config import PipelineConfig
-from streamvlm.export import manifest as manifests
+from streamvlm.backends import artifacts as manifests
 from streamvlm.export.onnx_export import DELTA, FULL, INFO, export_onnx
 from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
 from streamvlm.vision.encoder import VisionEncoder
@@ -86,8 +86,8 @@ def test_onnxruntime_and_torch_delta_caches_agree_frame_by_frame(tiny_onnx):
 
 def test_vision_stage_runs_on_the_onnxruntime_backend(tiny_onnx, engines, frames):
     model, _ = tiny_onnx
-    base = {"fps": 0.0, "prune_mode": "off", "engines_dir": str(engines)}
-    ort_stage = VisionStage(PipelineConfig().replace(model={"name": "tiny"}, vision={**base, "backend": "onnxruntime"}),
+    base = {"fps": 0.0, "prune.mode": "off", "backend.engines_dir": str(engines)}
+    ort_stage = VisionStage(PipelineConfig().replace(model={"name": "tiny"}, vision={**base, "backend.name": "onnxruntime"}),
                             model)
     torch_stage = VisionStage(PipelineConfig().replace(model={"name": "tiny"}, vision=base), model)
     assert ort_stage.encoder.backend.describe().startswith("onnxruntime (CPUExecutionProvider")
@@ -99,12 +99,12 @@ def test_vision_stage_runs_on_the_onnxruntime_backend(tiny_onnx, engines, frames
 def test_missing_or_foreign_graphs_are_refused_with_the_export_command(tiny_onnx, engines, tmp_path):
     model, _ = tiny_onnx
     with pytest.raises(FileNotFoundError, match="streamvlm export onnx --model tiny"):
-        make_backend("onnxruntime", model.tower, "tiny", tmp_path)
+        make_backend(BackendSettings("onnxruntime", str(tmp_path)), model.tower, "tiny")
     foreign = tmp_path / "tiny"
     foreign.mkdir()
     (foreign / INFO).write_text(json.dumps({"model": "siglip-base"}))
     with pytest.raises(ValueError, match="holds graphs of 'siglip-base'.*streamvlm export onnx --model tiny"):
-        make_backend("onnxruntime", model.tower, "tiny", tmp_path)
+        make_backend(BackendSettings("onnxruntime", str(tmp_path)), model.tower, "tiny")
 
 
 def _manifest(**changes) -> manifests.Manifest:
@@ -148,7 +148,7 @@ def test_tensorrt_engines_equal_torch(tiny_onnx, engines, precision):
 
     model, info = tiny_onnx
     build_engine(info["dir"], precision)
-    backend = make_backend("tensorrt", model.tower, "tiny", engines, precision=precision)
+    backend = make_backend(BackendSettings("tensorrt", str(engines), trt_precision=precision), model.tower, "tiny")
     cached, full = DeltaViT(model.tower, DeltaSettings(), backend), VisionEncoder(model.tower)
     tolerance = 1e-4 if precision == "fp32" else 2e-2
     for frame in _scene(4):
@@ -165,7 +165,7 @@ def test_tensorrt_refuses_an_engine_built_for_another_gpu(tiny_onnx, engines):
     path = manifests.Manifest.read(info["dir"], "fp16")
     manifests.Manifest(**{**path.__dict__, "gpu": "some other GPU"}).write(info["dir"])
     with pytest.raises(manifests.ManifestMismatch, match="gpu.*streamvlm export trt"):
-        make_backend("tensorrt", model.tower, "tiny", engines, precision="fp16")
+        make_backend(BackendSettings("tensorrt", str(engines), trt_precision="fp16"), model.tower, "tiny")
 
 
 def test_export_onnx_command_prints_the_differences(tmp_path):

@@ -105,7 +105,7 @@ def test_counted_flops_of_a_full_pass(tiny_model):
     tower = tiny_model.tower
     delta = DeltaViT(tower, DeltaSettings(mode="off"))
     delta(tiny_model.preprocess(_scene(1)[0]))
-    patches, width = 27 * 27, tower.layers[0].self_attn.q_proj.in_features
+    patches, width = 27 * 27, tower.layers[0].q_proj.in_features
     mlp = tower.layers[0].mlp.fc1.out_features
     per_layer = 2 * patches * (4 * width * width + 2 * width * mlp) + 4 * patches * patches * width
     embed = 2 * patches * 3 * 14 * 14 * width

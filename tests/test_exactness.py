@@ -26,17 +26,17 @@ BUDGETS = pytest.mark.parametrize("budget", [8192, 0], ids=["streaming", "full"]
 
 # The pruner off, and each pruner mode in its keep-all setting (which must change nothing).
 PRUNING = pytest.mark.parametrize("pruning", [
-    {"prune_mode": "off"},
-    {"prune_mode": "stc", "prune_keep_tokens": 196},
-    {"prune_mode": "adaptive", "prune_min_tokens": 196, "prune_max_tokens": 196},
+    {"mode": "off"},
+    {"mode": "stc", "keep_tokens": 196},
+    {"mode": "adaptive", "min_tokens": 196, "max_tokens": 196},
 ], ids=["unpruned", "stc-keep-all", "adaptive-keep-all"])
 
 
 def _pipeline(model, budget: int = 8192, pruning: dict | None = None) -> StreamingVLM:
     cfg = PipelineConfig().replace(
         model={"name": "tiny"},
-        vision={"fps": 0.0, "delta_mode": "off", **(pruning or {"prune_mode": "off"})},  # the full ViT, as HF runs it
-        language={"caption_interval_s": 0.0, "kv_budget_tokens": budget},
+        vision={"fps": 0.0, "delta.mode": "off", "prune": pruning or {"mode": "off"}},  # the full ViT, as HF runs it
+        language={"caption_interval_s": 0.0, "cache.budget_tokens": budget},
     )
     return StreamingVLM(cfg, model)
 

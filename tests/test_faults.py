@@ -68,11 +68,11 @@ CONFIGURE_FAULTS = {
                              "cannot read"),
     "corrupt model weights": (LlmNode, lambda tmp, engines: {"model.name": _corrupt_weights(tmp)},
                               "corrupt-model failed"),
-    "missing engine": (EncoderNode, lambda tmp, engines: {"vision.backend": "onnxruntime",
-                                                          "vision.engines_dir": str(tmp / "none")},
+    "missing engine": (EncoderNode, lambda tmp, engines: {"vision.backend.name": "onnxruntime",
+                                                          "vision.backend.engines_dir": str(tmp / "none")},
                        "streamvlm export onnx"),
-    "corrupt engine": (EncoderNode, lambda tmp, engines: {"vision.backend": "onnxruntime",
-                                                          "vision.engines_dir": str(engines)}, "onnx"),
+    "corrupt engine": (EncoderNode, lambda tmp, engines: {"vision.backend.name": "onnxruntime",
+                                                          "vision.backend.engines_dir": str(engines)}, "onnx"),
 }
 
 
@@ -107,12 +107,12 @@ def test_an_invalid_run_time_change_is_refused_and_changes_nothing(request, tiny
     llm, encoder = running.nodes
     sampler, layout = encoder.worker.stage.sampler, llm.worker.stage.engine.cache.policy.layout
     cases = [
-        (llm, [Parameter("language.max_new_tokens", value=9), Parameter("language.text_sink_tokens", value=9000)],
+        (llm, [Parameter("language.max_new_tokens", value=9), Parameter("language.cache.text_sink_tokens", value=9000)],
          "must leave room"),  # the sinks would fill the whole cache
-        (llm, [Parameter("language.kv_budget_tokens", value=1024)], "read-only"),
+        (llm, [Parameter("language.cache.budget_tokens", value=1024)], "read-only"),
         (llm, [Parameter("stream.on_time_jump", value="sometimes")], "one of reset"),
-        (encoder, [Parameter("vision.fps", value=5.0), Parameter("vision.prune_min_tokens", value=200)],
-         "min_tokens <= max_tokens"),
+        (encoder, [Parameter("vision.fps", value=5.0), Parameter("vision.prune.min_tokens", value=200)],
+         "must not exceed max_tokens"),
         (encoder, [Parameter("vision.fps", value=float("nan"))], ""),
     ]
     for node, params, reason in cases:

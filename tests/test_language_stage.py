@@ -27,8 +27,8 @@ def _batch(model, stamp_ns: int, tokens: int = 196) -> TokenBatch:
 
 
 def test_a_long_stream_stays_within_the_budget_and_answers_from_the_window(tiny_model):
-    stage = _stage(tiny_model, kv_budget_tokens=2048, vision_window_s=4.0, text_sink_tokens=64,
-                   text_window_tokens=64, max_new_tokens=8, memory_top_k=0)  # the window alone
+    stage = _stage(tiny_model, cache={"budget_tokens": 2048, "vision_window_s": 4.0, "text_sink_tokens": 64,
+                                      "text_window_tokens": 64}, max_new_tokens=8, memory={"top_k": 0})  # the window alone
     pointer = stage.engine.cache.buffers.keys.data_ptr()
     # The tiny model's stream prefix is 2 tokens, so the first frame holds sinks 2 and 3
     # and stays (a frame leaves whole); a real chat template's system prompt covers the sinks.
@@ -46,27 +46,28 @@ def test_a_long_stream_stays_within_the_budget_and_answers_from_the_window(tiny_
 
 
 def test_a_question_too_long_for_the_budget_is_refused_with_the_reason(tiny_model):
-    stage = _stage(tiny_model, kv_budget_tokens=600, text_sink_tokens=32, max_question_chars=100_000)
+    stage = _stage(tiny_model, cache={"budget_tokens": 600, "text_sink_tokens": 32}, max_question_chars=100_000)
     stage.ingest(_batch(tiny_model, S))
     before = stage.context_tokens
     answer = stage.ask("why " * 400, max_new_tokens=16)
-    assert not answer.success and "kv_budget_tokens" in answer.error and "need" in answer.error
+    assert not answer.success and "budget_tokens" in answer.error and "need" in answer.error
     assert stage.context_tokens == before  # nothing was evicted for a refused question
     assert stage.ask("why?", max_new_tokens=4).success
 
 
 def test_window_settings_change_while_running_but_the_budget_does_not(tiny_model):
-    stage = _stage(tiny_model, kv_budget_tokens=4096, sink_tokens=0, vision_window_s=0.0, vision_window_frames=10)
+    stage = _stage(tiny_model, cache={"budget_tokens": 4096, "sink_tokens": 0, "vision_window_s": 0.0,
+                                      "vision_window_frames": 10})
     for second in range(1, 9):
         stage.ingest(_batch(tiny_model, second * S))
-    stage.reconfigure(stage.cfg.replace(language={"vision_window_frames": 3}))
+    stage.reconfigure(stage.cfg.replace(language={"cache.vision_window_frames": 3}))
     stage.ingest(_batch(tiny_model, 9 * S))
     assert stage.frame_stamps == [7 * S, 8 * S, 9 * S]
-    for bad in ({"kv_budget_tokens": 8192}, {"text_sink_tokens": 4096}):
+    for bad in ({"cache.budget_tokens": 8192}, {"cache.text_sink_tokens": 4096}):
         try:
             stage.reconfigure(stage.cfg.replace(language=bad))
         except ValueError as err:
-            assert "kv_budget_tokens" in str(err) or "budget" in str(err)
+            assert "budget_tokens" in str(err)
         else:
             raise AssertionError(f"{bad} was accepted")
 
@@ -93,8 +94,8 @@ def _with_marker(model, monkeypatch):
 def test_time_markers_go_before_each_frame_and_streaming_equals_full_attention(tiny_model, monkeypatch):
     _with_marker(tiny_model, monkeypatch)
     marker_tokens = [len(tiny_model.tokenize(f" {s}s")[0]) for s in (0, 1, 5)]
-    stages = [_stage(tiny_model, kv_budget_tokens=4096, max_new_tokens=4, memory_top_k=0),
-              _stage(tiny_model, kv_budget_tokens=0, max_new_tokens=4)]
+    stages = [_stage(tiny_model, cache={"budget_tokens": 4096}, max_new_tokens=4, memory={"top_k": 0}),
+              _stage(tiny_model, cache={"budget_tokens": 0}, max_new_tokens=4)]
     for stage in stages:
         start = stage.context_tokens
         for second in (10, 11, 15):  # markers count from the first frame: 0s, 1s, 5s
@@ -108,8 +109,8 @@ def test_time_markers_go_before_each_frame_and_streaming_equals_full_attention(t
 
 def test_memory_keeps_a_leaving_frames_marker_whole(tiny_model, monkeypatch):
     _with_marker(tiny_model, monkeypatch)
-    stage = _stage(tiny_model, kv_budget_tokens=4096, vision_window_frames=2, memory_keep_ratio=0.25,
-                   memory_dtype="float32")
+    stage = _stage(tiny_model, cache={"budget_tokens": 4096, "vision_window_frames": 2},
+                   memory={"keep_ratio": 0.25, "dtype": "float32"})
     for second in range(1, 13):
         stage.ingest(_batch(tiny_model, second * S, tokens=40))
     marker = len(tiny_model.tokenize(" 5s")[0])
@@ -120,7 +121,8 @@ def test_memory_keeps_a_leaving_frames_marker_whole(tiny_model, monkeypatch):
 def test_a_question_whose_room_evicts_frames_sends_them_to_memory(tiny_model):
     # Frames fill the budget inside the time window, so the question's reservation evicts
     # one; that eviction runs outside the prefill, where memory's tensors were made.
-    stage = _stage(tiny_model, kv_budget_tokens=1024, text_sink_tokens=64, text_window_tokens=64, max_new_tokens=8)
+    stage = _stage(tiny_model, cache={"budget_tokens": 1024, "text_sink_tokens": 64, "text_window_tokens": 64},
+                   max_new_tokens=8)
     for second in range(1, 12):
         stage.ingest(_batch(tiny_model, second * S, tokens=100))
     held = len(stage.memory)

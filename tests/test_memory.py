@@ -80,7 +80,7 @@ def test_budget_drops_the_oldest_frames():
     assert memory.stamps == [3 * S, 4 * S, 5 * S] and memory.dropped == 2
     expected = torch.stack([_frame(i)[0].mean(dim=2) for i in (2, 3, 4)])
     assert torch.allclose(memory.retrieval_keys.float(), expected, atol=2e-3)  # the keys follow the frames
-    by_bytes = _memory(max_bytes=3 * memory.frames[0].nbytes + 10)
+    by_bytes = _memory(max_mb=(3 * memory.frames[0].nbytes + 10) / 2**20)
     for i in range(5):
         by_bytes.add(*_frame(i), torch.ones(10), (i + 1) * S)
     assert len(by_bytes) == 3 and by_bytes.nbytes <= 3 * memory.frames[0].nbytes + 10
@@ -90,8 +90,8 @@ def test_budget_drops_the_oldest_frames():
 
 def _vlm(model, **language) -> StreamingVLM:
     cfg = PipelineConfig().replace(
-        model={"name": "tiny"}, vision={"fps": 0.0, "delta_mode": "off", "prune_mode": "off"},
-        language={"caption_interval_s": 0.0, "vision_window_s": 0.0, **language})
+        model={"name": "tiny"}, vision={"fps": 0.0, "delta.mode": "off", "prune.mode": "off"},
+        language={"caption_interval_s": 0.0, "cache.vision_window_s": 0.0, **language})
     return StreamingVLM(cfg, model)
 
 
@@ -101,14 +101,14 @@ def test_lossless_memory_answers_as_full_attention_over_every_frame(tiny_model, 
     transformers' forward over all frames and the question."""
     from test_exactness import ATOL, QUESTION, _hf_prompt_ids, _pixels
 
-    vlm = _vlm(tiny_model, memory_keep_ratio=1.0, memory_dtype="float32", memory_top_k=16)
+    vlm = _vlm(tiny_model, memory={"keep_ratio": 1.0, "dtype": "float32", "top_k": 16})
     stream = frames + [f[::-1].copy() for f in frames]  # 6 frames
     for i, frame in enumerate(stream):
         vlm.push(frame, (i + 1) * S)
     stage: LanguageStage = vlm.language
     # Shrink the window: at the question, frames 2-4 leave into memory (the tiny model's
     # 2-token stream prefix leaves the first frame holding attention sinks: it stays).
-    stage.reconfigure(stage.cfg.replace(language={"vision_window_frames": 2}))
+    stage.reconfigure(stage.cfg.replace(language={"cache.vision_window_frames": 2}))
     answer = vlm.ask(QUESTION, max_new_tokens=4)
 
     assert answer.success, answer.error
@@ -123,7 +123,7 @@ def test_lossless_memory_answers_as_full_attention_over_every_frame(tiny_model, 
 
 
 def test_retrieval_leaves_the_streaming_cache_as_it_was(tiny_model):
-    vlm = _vlm(tiny_model, vision_window_frames=2, memory_top_k=2)
+    vlm = _vlm(tiny_model, cache={"vision_window_frames": 2}, memory={"top_k": 2})
     stage: LanguageStage = vlm.language
     g = torch.Generator().manual_seed(0)
     hidden = tiny_model.decoder.config.hidden_size
@@ -133,15 +133,15 @@ def test_retrieval_leaves_the_streaming_cache_as_it_was(tiny_model):
         stage.ingest(TokenBatch((i + 1) * S, i, torch.randn(50, hidden, generator=g) * 0.02, torch.arange(50),
                                 (14, 14), model="tiny"))
     stage._start()
-    stage._reserve(40)
     engine = stage.engine
+    engine.reserve(40, recall=True)
     used = engine.length
     keys = engine.cache.buffers.keys[:, :, :used].clone()
-    stamps = engine.recall(tiny_model.embed_tokens(tiny_model.tokenize("what was red?"))[0], 500)
+    stamps = engine.recall(tiny_model.embed_tokens(tiny_model.tokenize("what was red?"))[0])
     assert len(stamps) == 2 and engine.length == used + sum(f.tokens for f in stage.memory.frames
                                                             if f.stamp_ns in stamps)
     assert stage.frame_stamps == sorted(stamps + [S, 5 * S, 6 * S])
-    engine.remove_retrieved()
+    engine.release()
     assert engine.length == used and stage.frame_stamps == [S, 5 * S, 6 * S]
     assert torch.equal(engine.cache.buffers.keys[:, :, :used], keys)
 
@@ -161,7 +161,7 @@ def test_retrieved_frames_leave_even_when_the_answer_fails(tiny_model, monkeypat
     import streamvlm.llm.stage as stage_module
     from streamvlm.types import TokenBatch
 
-    vlm = _vlm(tiny_model, vision_window_frames=2, memory_top_k=4)
+    vlm = _vlm(tiny_model, cache={"vision_window_frames": 2}, memory={"top_k": 4})
     stage: LanguageStage = vlm.language
     hidden = tiny_model.decoder.config.hidden_size
     for i in range(6):

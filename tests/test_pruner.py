@@ -149,9 +149,9 @@ def test_settings_are_checked():
 
 
 def test_vision_stage_sends_kept_tokens_with_their_grid_positions(tiny_model, frames):
-    base = {"fps": 0.0, "delta_mode": "off"}
-    cfg = PipelineConfig().replace(model={"name": "tiny"}, vision={**base, "prune_mode": "stc"})
-    full_cfg = PipelineConfig().replace(model={"name": "tiny"}, vision={**base, "prune_mode": "off"})
+    base = {"fps": 0.0, "delta.mode": "off"}
+    cfg = PipelineConfig().replace(model={"name": "tiny"}, vision={**base, "prune.mode": "stc"})
+    full_cfg = PipelineConfig().replace(model={"name": "tiny"}, vision={**base, "prune.mode": "off"})
     pruned, full = VisionStage(cfg, tiny_model), VisionStage(full_cfg, tiny_model)
     batch = pruned.process(frames[0], SECOND)
     reference = full.process(frames[0], SECOND)
@@ -160,7 +160,7 @@ def test_vision_stage_sends_kept_tokens_with_their_grid_positions(tiny_model, fr
     assert torch.equal(batch.embeddings, reference.embeddings[batch.positions])
 
     with pytest.raises(ValueError, match="min_tokens"):
-        pruned.reconfigure(cfg.replace(vision={"prune_mode": "adaptive", "prune_min_tokens": 99}))
+        pruned.reconfigure(cfg.replace(vision={"prune.mode": "adaptive", "prune.min_tokens": 99}))
     assert pruned.pruner.settings.mode == "stc"  # a refused change changes nothing
-    pruned.reconfigure(cfg.replace(vision={"prune_keep_tokens": 20}))
+    pruned.reconfigure(cfg.replace(vision={"prune.keep_tokens": 20}))
     assert pruned.process(frames[1], 2 * SECOND).num_tokens == 20

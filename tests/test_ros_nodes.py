@@ -25,7 +25,7 @@ NODE_ARGS = [
     "-p", "model.name:=tiny", "-p", "compressed:=true", "-p", "vision.fps:=4.0",
     "-p", "language.caption_interval_s:=2.0", "-p", "language.caption_max_new_tokens:=4",
     "-p", "language.max_new_tokens:=6", "-p", "language.max_question_chars:=200",
-    "-p", "language.vision_window_s:=5.0",  # so the 20 s bag sends frames to long-term memory
+    "-p", "language.cache.vision_window_s:=5.0",  # so the 20 s bag sends frames to long-term memory
     "-r", f"image/compressed:={TOPIC}",
 ]
 LLM, ENCODER = "streamvlm: /llm_node", "streamvlm: /encoder_node"

@@ -46,7 +46,7 @@ def test_a_gap_longer_than_max_gap_is_a_jump_and_keeps_its_stamps(policy, verdic
 
 def _pipeline(model, policy: str) -> StreamingVLM:
     cfg = PipelineConfig().replace(model={"name": "tiny"}, vision={"fps": 1.0},
-                                   language={"caption_interval_s": 0.0, "max_new_tokens": 3, "vision_window_s": 3.0},
+                                   language={"caption_interval_s": 0.0, "max_new_tokens": 3, "cache.vision_window_s": 3.0},
                                    stream={"on_time_jump": policy})
     return StreamingVLM(cfg, model)
 

@@ -36,10 +36,10 @@ class Gate:
         assert self.opened.wait(WAIT)
 
 
-def test_a_slow_encoder_drops_waiting_frames_instead_of_queueing(tiny_model, frames):
-    gate = Gate()
-    out = []
-    done = threading.Event()
+def _held_in_first_frame(stage, frames):
+    """A running VisionWorker held inside its first frame ("first") until `gate.opened`;
+    `done` is set once two frames were handed on, into `out`."""
+    gate, out, done = Gate(), [], threading.Event()
 
     def decode(item):
         if item == "first":
@@ -51,10 +51,15 @@ def test_a_slow_encoder_drops_waiting_frames_instead_of_queueing(tiny_model, fra
         if len(out) == 2:
             done.set()
 
-    worker = VisionWorker(VisionStage(_cfg(), tiny_model), decode, on_batch)
+    worker = VisionWorker(stage, decode, on_batch)
     worker.start()
     worker.submit(1 * S, "first")
     assert gate.entered.wait(WAIT)  # the worker is busy with the first frame
+    return worker, gate, out, done
+
+
+def test_a_slow_encoder_drops_waiting_frames_instead_of_queueing(tiny_model, frames):
+    worker, gate, out, done = _held_in_first_frame(VisionStage(_cfg(), tiny_model), frames)
     for i in range(2, 6):
         worker.submit(i * S, f"frame {i}")
     gate.opened.set()
@@ -217,3 +222,50 @@ def test_run_time_settings_change_without_touching_the_model(tiny_model, fps):
     assert stage.sampler.period_ns == (round(1e9 / fps) if fps else 0)
     with pytest.raises(ValueError, match="fixed while running"):
         stage.reconfigure(stage.cfg.replace(model={"dtype": "float16"}))
+
+
+def test_a_settings_change_waits_for_the_frame_in_hand(tiny_model, frames):
+    """The delta cache and pruner are swapped between frames, on the worker thread, never
+    under a frame being encoded; a change the stage cannot take is refused at once."""
+    stage = VisionStage(_cfg(), tiny_model)
+    worker, gate, out, done = _held_in_first_frame(stage, frames)
+    encoder, pruner = stage.encoder.settings, stage.pruner
+    worker.reconfigure(stage.cfg.replace(vision={"delta.mode": "stc", "prune.mode": "stc", "fps": 0.5}))
+    assert stage.sampler.fps == 0.5  # the rate applies at once: `submit` reads it under the lock
+    assert stage.encoder.settings is encoder and stage.pruner is pruner  # the rest waits for the frame
+    with pytest.raises(ValueError, match="fixed while running"):
+        worker.reconfigure(stage.cfg.replace(vision={"backend.torch_compile": True}))
+    gate.opened.set()
+    worker.submit(3 * S, "second")
+    assert done.wait(WAIT)
+    worker.stop()
+    assert stage.encoder.settings.mode == "stc" and stage.pruner.settings.mode == "stc"
+    status = worker.status()
+    assert out[1].num_tokens == 60 and status["settings changes applied"] == 1 and status["frames failed"] == 0
+    assert status["setting vision.delta.mode"] == "stc"
+
+
+def test_a_language_settings_change_applies_between_questions(tiny_model, frames):
+    stage = LanguageStage(_cfg(), tiny_model)
+    gate = Gate()
+    ask = stage.ask
+    stage.ask = lambda *args, **kwargs: (gate.hold(), ask(*args, **kwargs))[1]
+    worker = LanguageWorker(stage)
+    worker.reconfigure(stage.cfg.replace(language={"cache.vision_window_frames": 5}))  # stopped: at once
+    assert stage.cfg.language.cache.vision_window_frames == 5 and worker.status()["settings changes applied"] == 1
+    worker.start()
+    worker.submit_batch(_batches(tiny_model, frames, [1 * S])[0])
+    first = worker.ask("what now?")
+    assert gate.entered.wait(WAIT)  # answering
+    worker.reconfigure(stage.cfg.replace(language={"memory.top_k": 0, "cache.vision_window_frames": 2}))
+    assert stage.engine.cache.policy.layout.vision_window_frames == 5  # not under the answer in hand
+    gate.opened.set()
+    assert first.result(WAIT).success
+    second = worker.ask("and now?")
+    assert second.result(WAIT).success
+    worker.stop()
+    assert stage.engine.cache.policy.layout.vision_window_frames == 2 and stage.memory is None
+    status = worker.status()
+    assert status["settings changes applied"] == 2 and status["frames or questions failed"] == 0
+    with pytest.raises(ValueError, match="budget_tokens"):
+        worker.reconfigure(stage.cfg.replace(language={"cache.budget_tokens": 1024}))

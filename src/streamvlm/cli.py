@@ -23,7 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from streamvlm import config as config_mod
+from streamvlm.backends.base import BackendSettings
+from streamvlm.fields import choices
 
 log = logging.getLogger("streamvlm")
 
@@ -78,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="stop after SECONDS (default: until Ctrl-C)")
     diagnostics.add_argument("--json", action="store_true", help="one JSON object per report")
     diagnostics.set_defaults(run=_run_diagnostics)
+    settings = commands.add_parser("settings", help="list every setting: parameter name, value, range, help")
+    settings.add_argument("--config", type=Path, help="ROS 2 parameter file whose values to show")
+    settings.set_defaults(run=_run_settings)
     from streamvlm import bench
     from streamvlm.export import commands as export_commands
     from streamvlm.synth import commands as synth_commands
@@ -99,8 +106,11 @@ def _add_stream_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--model", help=f"HF id, local directory, 'eval' or 'tiny' (default {config_mod.DEFAULT_MODEL})")
     sub.add_argument("--config", type=Path, help="ROS 2 parameter file (e.g. config/live.yaml)")
     sub.add_argument("--fps", type=float, help="frames per second taken from the stream")
-    sub.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"),
+    sub.add_argument("--backend", choices=choices(BackendSettings, "name"),
                      help="what runs the ViT (onnxruntime, tensorrt: after `streamvlm export`)")
+    sub.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="any setting by its parameter name, e.g. vision.delta.mode=off (repeatable; "
+                          "`streamvlm settings` lists them)")
     sub.add_argument("--max-new-tokens", type=int, help="answer length limit")
     sub.add_argument("--out", type=Path, help="write captions and answers into this MCAP bag")
     sub.add_argument("--realtime", action="store_true",
@@ -148,10 +158,29 @@ def _config(args) -> config_mod.PipelineConfig:
     if args.fps is not None:
         overrides.setdefault("vision", {})["fps"] = args.fps
     if args.backend:
-        overrides.setdefault("vision", {})["backend"] = args.backend
+        overrides.setdefault("vision", {})["backend.name"] = args.backend
     if args.max_new_tokens is not None:
         overrides.setdefault("language", {})["max_new_tokens"] = args.max_new_tokens
-    return cfg.replace(**overrides)
+    cfg = cfg.replace(**overrides)
+    return config_mod.from_flat(dict(_setting(text) for text in args.set), cfg) if args.set else cfg
+
+
+def _setting(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--set wants NAME=VALUE, got {text!r}")
+    return name.strip(), yaml.safe_load(value)  # YAML's scalars, as in a parameter file
+
+
+def _run_settings(args) -> int:
+    """Every pipeline setting: name, value in effect, and what it does."""
+    cfg = config_mod.load(args.config) if args.config else config_mod.PipelineConfig()
+    for name, (value, meta) in config_mod.described(cfg).items():
+        limits = f" [{meta['range'][0]}, {meta['range'][1]}]" if "range" in meta else ""
+        limits += f" {{{', '.join(meta['choices'])}}}" if "choices" in meta else ""
+        fixed = " (fixed while running)" if meta.get("read_only") else ""
+        print(f"{name} = {value!r}{limits}{fixed}\n    {meta.get('help', '')}")
+    return 0
 
 
 def _questions(args) -> list[Question]:

@@ -1,229 +1,222 @@
-"""Configuration: one frozen dataclass per stage, nested in `PipelineConfig`.
+"""Configuration: the components' own settings dataclasses, nested into one `PipelineConfig`.
+
+A setting is declared once, with `fields.setting(...)`, on the frozen dataclass of the
+component that reads it (`DeltaSettings` in vision/delta_cache.py, `CacheLayout` in
+llm/kv_cache.py...). This module only nests them into sections:
+
+    model.*                ModelConfig        (models/base.py)
+    vision.fps
+    vision.backend.*       BackendSettings    (backends/base.py)
+    vision.delta.*         DeltaSettings      (vision/delta_cache.py)
+    vision.prune.*         PruneSettings      (vision/pruner.py)
+    language.*             answers, captions, question limits (below)
+    language.cache.*       CacheLayout        (llm/kv_cache.py)
+    language.memory.*      MemorySettings     (llm/memory.py)
+    language.sampling.*    Sampling           (llm/decoding.py)
+    stream.*               StreamConfig       (timeline.py)
 
 The YAML files under `config/` are ROS 2 parameter files
 (`node_name: {ros__parameters: {...}}`); the CLI reads the same files, so a setting means
-the same thing in `ros2 launch` and in `streamvlm replay`. Parameter names are flat in
-ROS (`vision.fps` is the `fps` field of `VisionConfig`); names without a section
-(`compressed`, `autostart`...) belong to the ROS nodes alone and the CLI skips them.
-
-Each field's metadata describes it once for every front end: `help`, and optionally
-`range` (inclusive bounds), `choices`, and `read_only` (fixes tensor shapes or the loaded
-weights, so it cannot change while running). The ROS nodes turn it into
-ParameterDescriptors; `replace` enforces it everywhere.
+the same thing in `ros2 launch` and in `streamvlm replay`. ROS parameter names are the
+dotted paths (`vision.delta.mode`); names without a section (`compressed`, `autostart`...)
+belong to the ROS nodes alone and the CLI skips them. Each field's metadata (help, range,
+choices, read_only) becomes the parameter's descriptor; `replace` enforces it everywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+from streamvlm.backends.base import BackendSettings
+from streamvlm.fields import check, setting
+from streamvlm.llm.decoding import Sampling
+from streamvlm.llm.kv_cache import CacheLayout
+from streamvlm.llm.memory import MemorySettings
+from streamvlm.models.base import DEFAULT_MODEL, ModelConfig
+from streamvlm.timeline import StreamConfig
+from streamvlm.vision.delta_cache import DeltaSettings
+from streamvlm.vision.pruner import PruneSettings
 
+__all__ = ["DEFAULT_MODEL", "LEGACY_NAMES", "LanguageConfig", "ModelConfig", "PipelineConfig", "StreamConfig",
+           "VisionConfig", "described", "from_flat", "load", "load_params", "replace_checked", "settings_status",
+           "to_flat"]
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which weights to load and how to run them."""
-
-    name: str = field(default=DEFAULT_MODEL, metadata={
-        "help": "HF model id, local directory, or 'tiny'", "read_only": True})
-    dtype: str = field(default="float32", metadata={
-        "help": "weights and activations", "choices": ("float32", "bfloat16", "float16"), "read_only": True})
-    device: str = field(default="cpu", metadata={"help": "torch device: cpu, cuda, cuda:1...", "read_only": True})
-    fallback_to_tiny: bool = field(default=True, metadata={
-        "help": "use the tiny random model when `name` cannot be loaded", "read_only": True})
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class VisionConfig:
     """Frame sampling and the vision encoder."""
 
-    fps: float = field(default=1.0, metadata={
-        "help": "frames per second sampled from the camera (0: every frame)", "range": (0.0, 240.0)})
-    # Delta-token ViT cache (see vision/delta_cache.py): "threshold" is ours, "stc" is STC-Cacher.
-    delta_mode: str = field(default="threshold", metadata={
-        "help": "reuse ViT work on unchanged patches: threshold, stc, or off", "choices": ("threshold", "stc", "off")})
-    delta_threshold: float = field(default=0.03, metadata={
-        "help": "threshold mode: a patch is recomputed when a quadrant's mean change passes this (pixels 0..1)",
-        "range": (0.0, 1.0)})
-    delta_drift_bound: float = field(default=0.3, metadata={
-        "help": "threshold mode: full ViT pass once this share of patches changed since the last one (0: exact)",
-        "range": (0.0, 1.0)})
-    delta_full_above: float = field(default=0.5, metadata={
-        "help": "threshold mode: full ViT pass when more than this share of patches changed", "range": (0.0, 1.0)})
-    stc_refresh: int = field(default=2, metadata={"help": "stc mode: full pass every N frames", "range": (1, 1000)})
-    stc_update_ratio: float = field(default=0.25, metadata={
-        "help": "stc mode: share of tokens recomputed per layer between full passes", "range": (0.01, 1.0)})
-    # Vision backend (see backends/): the ViT's full-frame and delta graphs.
-    backend: str = field(default="torch", metadata={
-        "help": "what runs the ViT: torch, onnxruntime or tensorrt (the last two need `streamvlm export`)",
-        "choices": ("torch", "onnxruntime", "tensorrt"), "read_only": True})
-    engines_dir: str = field(default="engines", metadata={
-        "help": "where `streamvlm export` put the ONNX graphs and TensorRT engines", "read_only": True})
-    torch_compile: bool = field(default=False, metadata={
-        "help": "torch backend: compile the graphs with torch.compile (slow first frames)", "read_only": True})
-    trt_precision: str = field(default="fp16", metadata={
-        "help": "tensorrt backend: which engine to load", "choices": ("fp16", "int8", "fp32"), "read_only": True})
-    # Visual token pruner (see vision/pruner.py): "adaptive" is ours, "stc" is STC-Pruner.
-    prune_mode: str = field(default="adaptive", metadata={
-        "help": "drop redundant visual tokens before the LLM: adaptive, stc, or off",
-        "choices": ("adaptive", "stc", "off")})
-    prune_keep_tokens: int = field(default=60, metadata={
-        "help": "stc mode: tokens kept per frame (STC: 60 of 196)", "range": (1, 1 << 20)})
-    prune_min_tokens: int = field(default=4, metadata={
-        "help": "adaptive mode: fewest tokens a frame sends", "range": (1, 1 << 20)})
-    prune_max_tokens: int = field(default=98, metadata={
-        "help": "adaptive mode: most tokens a frame sends", "range": (1, 1 << 20)})
-    prune_novelty: float = field(default=0.02, metadata={
-        "help": "adaptive mode: a token is sent when it moved this far (cosine distance) from the last one sent "
-                "from its grid cell", "range": (0.0, 2.0)})
-    prune_refresh_s: float = field(default=12.0, metadata={
-        "help": "adaptive mode: every grid cell is sent again at least this often, so the LLM's vision window "
-                "keeps a whole view (keep it below language.vision_window_s; 0: never)", "range": (0.0, 86400.0)})
+    fps: float = setting(1.0, "frames per second sampled from the camera (0: every frame)", range=(0.0, 240.0))
+    backend: BackendSettings = setting(BackendSettings(), "what runs the ViT")
+    delta: DeltaSettings = setting(DeltaSettings(), "the delta-token ViT cache")
+    prune: PruneSettings = setting(PruneSettings(), "the visual token pruner")
+
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass(frozen=True)
 class LanguageConfig:
     """The language model's context and what it says."""
 
-    max_new_tokens: int = field(default=64, metadata={"help": "default answer length limit", "range": (1, 4096)})
-    caption_interval_s: float = field(default=5.0, metadata={
-        "help": "seconds of stream between captions (0: no captions)", "range": (0.0, 86400.0)})
-    caption_prompt: str = field(
-        default="Describe what is happening in one short sentence.",
-        metadata={"help": "question asked to make each caption"},
-    )
-    caption_max_new_tokens: int = field(default=24, metadata={"help": "caption length limit", "range": (1, 1024)})
-    max_question_chars: int = field(default=2000, metadata={
-        "help": "longer questions are refused", "range": (1, 1_000_000)})
-    # Streaming KV cache (StreamingVLM's layout; defaults after its 512 + 512 text tokens, 16 s of vision).
-    kv_budget_tokens: int = field(default=8192, metadata={
-        "help": "KV cache size in tokens, preallocated (0: full attention, grows without bound; the reference)",
-        "range": (0, 1 << 24), "read_only": True})
-    sink_tokens: int = field(default=4, metadata={
-        "help": "first tokens of the stream kept forever (attention sinks)", "range": (0, 1 << 20)})
-    text_sink_tokens: int = field(default=512, metadata={
-        "help": "first text tokens after the sinks kept forever (system prompt, first turns)", "range": (0, 1 << 20)})
-    text_window_tokens: int = field(default=512, metadata={
-        "help": "most recent text tokens kept", "range": (0, 1 << 20)})
-    vision_window_s: float = field(default=16.0, metadata={
-        "help": "frames younger than this are kept, budget allowing (0: no time limit)", "range": (0.0, 86400.0)})
-    vision_window_frames: int = field(default=0, metadata={
-        "help": "at most this many frames are kept (0: no count limit)", "range": (0, 1 << 20)})
-    prefill_chunk_tokens: int = field(default=512, metadata={
-        "help": "longest run of tokens prefilled at once (bounds activation memory)", "range": (1, 1 << 16)})
-    temperature: float = field(default=0.0, metadata={
-        "help": "sampling temperature (0: greedy)", "range": (0.0, 100.0)})
-    top_p: float = field(default=1.0, metadata={
-        "help": "nucleus sampling: keep the most likely tokens up to this probability", "range": (0.0, 1.0)})
-    repetition_penalty: float = field(default=1.0, metadata={
-        "help": "divides the logits of tokens already in the question or answer (1: off)", "range": (0.01, 100.0)})
-    seed: int = field(default=0, metadata={"help": "sampling seed (answers are reproducible)", "range": (0, 2**31 - 1)})
-    # Long-term memory (see llm/memory.py): frames that leave the cache, compressed, retrieved per question.
-    memory_max_frames: int = field(default=0, metadata={
-        "help": "long-term memory holds at most this many frames, dropping the oldest (0: no count limit)",
-        "range": (0, 1 << 30)})
-    memory_max_mb: float = field(default=512.0, metadata={
-        "help": "long-term memory size limit in MiB, dropping the oldest frames (0 with memory_max_frames 0: "
-                "memory off)", "range": (0.0, 1 << 20)})
-    memory_keep_ratio: float = field(default=0.25, metadata={
-        "help": "share of an evicted frame's tokens kept in memory, the most attended (1: no compression)",
-        "range": (0.001, 1.0)})
-    memory_top_k: int = field(default=16, metadata={
-        "help": "frames brought back from memory for each question (0: no retrieval)", "range": (0, 4096)})
-    memory_dtype: str = field(default="int8", metadata={
-        "help": "how memory stores keys and values", "choices": ("int8", "float16", "bfloat16", "float32")})
+    max_new_tokens: int = setting(64, "default answer length limit", range=(1, 4096))
+    caption_interval_s: float = setting(5.0, "seconds of stream between captions (0: no captions)",
+                                        range=(0.0, 86400.0))
+    caption_prompt: str = setting("Describe what is happening in one short sentence.",
+                                  "question asked to make each caption")
+    caption_max_new_tokens: int = setting(24, "caption length limit", range=(1, 1024))
+    max_question_chars: int = setting(2000, "longer questions are refused", range=(1, 1_000_000))
+    prefill_chunk_tokens: int = setting(512, "longest run of tokens prefilled at once (bounds activation memory)",
+                                        range=(1, 1 << 16))
+    cache: CacheLayout = setting(CacheLayout(), "the streaming KV cache's layout")
+    memory: MemorySettings = setting(MemorySettings(), "long-term memory of evicted frames")
+    sampling: Sampling = setting(Sampling(), "how answers are decoded")
 
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """What a stage does when camera time jumps (see timeline.py)."""
-
-    on_time_jump: str = field(default="reset", metadata={
-        "help": "when stamps jump back or a long gap comes: reset (start a new stream: clear the context and "
-                "memory) or continue (keep them; stamps after a jump back are shifted to follow on)",
-        "choices": ("reset", "continue")})
-    max_gap_s: float = field(default=120.0, metadata={
-        "help": "a forward gap between frames longer than this is a time jump (0: gaps never are)",
-        "range": (0.0, 1e9)})
-    max_reorder_s: float = field(default=1.0, metadata={
-        "help": "a frame at most this much older than the newest is late and dropped; older still, "
-                "the clock jumped back (a looped bag, a reset clock)", "range": (0.0, 1e9)})
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    model: ModelConfig = ModelConfig()
-    vision: VisionConfig = VisionConfig()
-    language: LanguageConfig = LanguageConfig()
-    stream: StreamConfig = StreamConfig()
+    model: ModelConfig = setting(ModelConfig(), "the weights")
+    vision: VisionConfig = setting(VisionConfig(), "the vision stage")
+    language: LanguageConfig = setting(LanguageConfig(), "the language stage")
+    stream: StreamConfig = setting(StreamConfig(), "camera time")
 
     def replace(self, **sections: Mapping[str, Any]) -> "PipelineConfig":
-        """A copy with some fields of some sections changed: `cfg.replace(model={"name": "tiny"})`."""
-        changed = {}
-        for name, values in sections.items():
-            section = getattr(self, name)
-            changed[name] = replace_checked(section, values)
-        return dataclasses.replace(self, **changed)
+        """A copy with some settings changed, nested or dotted:
+        `cfg.replace(model={"name": "tiny"}, vision={"delta": {"mode": "off"}, "prune.mode": "stc"})`."""
+        return replace_checked(self, sections)
+
+
+# Parameter names before the settings moved into their components' sections (2026-12).
+# Parameter files and `-p` overrides that still use them are translated, with a warning.
+LEGACY_NAMES = {
+    "vision.delta_mode": "vision.delta.mode",
+    "vision.delta_threshold": "vision.delta.threshold",
+    "vision.delta_drift_bound": "vision.delta.drift_bound",
+    "vision.delta_full_above": "vision.delta.full_above",
+    "vision.stc_refresh": "vision.delta.refresh",
+    "vision.stc_update_ratio": "vision.delta.update_ratio",
+    "vision.backend": "vision.backend.name",  # was the backend's name; now the section holding it
+    "vision.engines_dir": "vision.backend.engines_dir",
+    "vision.torch_compile": "vision.backend.torch_compile",
+    "vision.trt_precision": "vision.backend.trt_precision",
+    **{f"vision.prune_{name}": f"vision.prune.{name}"
+       for name in ("mode", "keep_tokens", "min_tokens", "max_tokens", "novelty", "refresh_s")},
+    "language.kv_budget_tokens": "language.cache.budget_tokens",
+    **{f"language.{name}": f"language.cache.{name}"
+       for name in ("sink_tokens", "text_sink_tokens", "text_window_tokens", "vision_window_s",
+                    "vision_window_frames")},
+    **{f"language.{name}": f"language.sampling.{name}"
+       for name in ("temperature", "top_p", "repetition_penalty", "seed")},
+    **{f"language.memory_{name}": f"language.memory.{name}"
+       for name in ("max_frames", "max_mb", "keep_ratio", "top_k", "dtype")},
+}
+
+
+def translate_legacy(params: Mapping[str, Any], warn=log.warning) -> dict[str, Any]:
+    """Flat parameters with old names renamed (see LEGACY_NAMES), one warning per old name."""
+    out = {}
+    for key, value in params.items():
+        new = LEGACY_NAMES.get(key)
+        if new:
+            warn(f"parameter {key} is now {new}; please rename it")
+            key = new
+        out[key] = value
+    return out
 
 
 def replace_checked(section: Any, values: Mapping[str, Any]) -> Any:
-    """`dataclasses.replace` that enforces each field's type, range and choices."""
+    """`dataclasses.replace` that enforces each field's type, range and choices, and takes
+    nested sections as mappings (or as dotted names: `{"delta.mode": "off"}`)."""
     known = {f.name: f for f in dataclasses.fields(section)}
-    out = {}
     label = type(section).__name__
-    for key, value in values.items():
+    out = {}
+    for key, value in _nest(values).items():
         if key not in known:
             raise ValueError(f"unknown setting {label}.{key}; known: {sorted(known)}")
         default = getattr(section, key)
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            out[key] = replace_checked(default, value)
+            continue
         # YAML writes 1 for 1.0; accept ints for floats but nothing else that changes type.
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not type(default):
             raise ValueError(f"{label}.{key} must be {type(default).__name__}, got {value!r}")
-        meta = known[key].metadata
-        if "range" in meta and not meta["range"][0] <= value <= meta["range"][1]:
-            raise ValueError(f"{label}.{key} must be in [{meta['range'][0]}, {meta['range'][1]}], got {value!r}")
-        if "choices" in meta and value not in meta["choices"]:
-            raise ValueError(f"{label}.{key} must be one of {', '.join(meta['choices'])}; got {value!r}")
         out[key] = value
-    return dataclasses.replace(section, **out)
+    # Settings dataclasses check their own ranges, choices and cross-field rules in
+    # __post_init__; checked here too for any dataclass that does not (the nodes' own).
+    changed = dataclasses.replace(section, **out)
+    check(changed)
+    return changed
+
+
+def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{"delta.mode": x, "fps": y} -> {"delta": {"mode": x}, "fps": y}."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        if not rest:
+            if isinstance(out.get(head), dict) and isinstance(value, Mapping):
+                out[head].update(value)
+            else:
+                out[head] = value
+            continue
+        inner = out.setdefault(head, {})
+        if not isinstance(inner, dict):
+            raise ValueError(f"{head} is a value and a section at once ({key})")
+        inner[rest] = value
+    return out
 
 
 def from_flat(params: Mapping[str, Any], base: PipelineConfig | None = None) -> PipelineConfig:
-    """Build a config from flat ROS-style names (`model.name`, `vision.fps`, ...)."""
-    sections: dict[str, dict[str, Any]] = {}
-    for key, value in params.items():
+    """Build a config from flat ROS-style names (`model.name`, `vision.delta.mode`, ...)."""
+    sections = {f.name for f in dataclasses.fields(PipelineConfig)}
+    for key in params:
         section, _, name = key.partition(".")
-        if not name or section not in {f.name for f in dataclasses.fields(PipelineConfig)}:
+        if not name or section not in sections:
             raise ValueError(f"unknown parameter {key!r}: expected <section>.<name>")
-        sections.setdefault(section, {})[name] = value
-    return (base or PipelineConfig()).replace(**sections)
+    return replace_checked(base or PipelineConfig(), translate_legacy(params))
 
 
-def to_flat(cfg: PipelineConfig) -> dict[str, Any]:
+def to_flat(cfg: Any) -> dict[str, Any]:
     """Flat ROS-style names and their values."""
     return {name: value for name, (value, _) in described(cfg).items()}
 
 
 def described(cfg: Any, sections: tuple[str, ...] | None = None) -> dict[str, tuple[Any, Mapping[str, Any]]]:
-    """Flat names -> (value, field metadata), for declaring parameters.
+    """Flat dotted names -> (value, field metadata) of every leaf setting, for declaring parameters.
 
-    `cfg` is a PipelineConfig (names `section.field`, optionally only some `sections`) or
-    any other frozen dataclass (names are its fields).
+    `cfg` is any settings dataclass; nested sections are walked (`vision.delta.mode`).
+    `sections` keeps only those top-level sections.
     """
-    if not isinstance(cfg, PipelineConfig):
-        return {f.name: (getattr(cfg, f.name), f.metadata) for f in dataclasses.fields(cfg)}
     flat = {}
-    for section in dataclasses.fields(cfg):
-        if sections is not None and section.name not in sections:
+    for f in dataclasses.fields(cfg):
+        if sections is not None and f.name not in sections:
             continue
-        for f in dataclasses.fields(getattr(cfg, section.name)):
-            flat[f"{section.name}.{f.name}"] = (getattr(getattr(cfg, section.name), f.name), f.metadata)
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update({f"{f.name}.{name}": leaf for name, leaf in described(value).items()})
+        else:
+            flat[f.name] = (value, f.metadata)
     return flat
+
+
+def settings_status(cfg: PipelineConfig, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The run-time settings in effect, by parameter name, for diagnostics (read-only ones
+    are left out: they cannot have changed since the start)."""
+    return {f"setting {name}": value for name, (value, meta) in described(cfg, sections).items()
+            if not meta.get("read_only")}
 
 
 def load(path: str | Path, node: str | None = None) -> PipelineConfig:
@@ -246,7 +239,7 @@ def load_params(path: str | Path, node: str | None = None) -> dict[str, Any]:
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    # ROS parameter files may nest (`vision: {fps: 2}`) or use dotted names; both mean the same.
+    # ROS parameter files may nest (`vision: {delta: {mode: off}}`) or use dotted names; both mean the same.
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"

@@ -22,11 +22,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from streamvlm.config import StreamConfig
+from streamvlm.fields import check, setting
 
 NEXT, LATE, RESET, JUMP = "next", "late", "reset", "jump"
 _DEFAULT_INTERVAL_NS = 100_000_000  # before two frames have shown the camera's interval
 _LONGEST_INTERVAL_NS = 5_000_000_000  # a longer step is a pause, not the camera's rate
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """`stream.*`: what a stage does when camera time jumps."""
+
+    on_time_jump: str = setting("reset", "when stamps jump back or a long gap comes: reset (start a new stream: "
+                                "clear the context and memory) or continue (keep them; stamps after a jump back are "
+                                "shifted to follow on)", choices=("reset", "continue"))
+    max_gap_s: float = setting(120.0, "a forward gap between frames longer than this is a time jump (0: gaps never "
+                               "are)", range=(0.0, 1e9))
+    max_reorder_s: float = setting(1.0, "a frame at most this much older than the newest is late and dropped; older "
+                                   "still, the clock jumped back (a looped bag, a reset clock)", range=(0.0, 1e9))
+
+    def __post_init__(self):
+        check(self)
+
 
 
 @dataclass(frozen=True)

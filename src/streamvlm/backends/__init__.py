@@ -9,21 +9,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamvlm.backends.base import VisionBackend
+from streamvlm.backends.base import BACKENDS, BackendSettings, VisionBackend
 from streamvlm.models.base import VisionTower
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
-__all__ = ["BACKENDS", "VisionBackend", "make_backend"]
+__all__ = ["BACKENDS", "BackendSettings", "VisionBackend", "make_backend"]
 
 
-def make_backend(name: str, tower: VisionTower, model_id: str, engines_dir: Path | str = "engines",
-                 compile: bool = False, precision: str = "fp16") -> VisionBackend:
+def make_backend(settings: BackendSettings, tower: VisionTower, model_id: str) -> VisionBackend:
+    name, engines_dir, precision = settings.name, settings.engines_dir, settings.trt_precision
     if name == "torch":
         from streamvlm.backends.torch_backend import TorchBackend
 
-        return TorchBackend(tower, compile=compile)
-    from streamvlm.export.onnx_export import DELTA, FULL, model_dir_name
+        return TorchBackend(tower, compile=settings.torch_compile)
+    from streamvlm.backends.artifacts import DELTA, FULL, model_dir_name
 
     folder = Path(engines_dir) / model_dir_name(model_id)
     if name == "onnxruntime":
@@ -41,7 +39,7 @@ def make_backend(name: str, tower: VisionTower, model_id: str, engines_dir: Path
 def _check_onnx_info(folder: Path, model_id: str) -> None:
     import json
 
-    from streamvlm.export.onnx_export import INFO
+    from streamvlm.backends.artifacts import INFO
 
     info_path = folder / INFO
     if not info_path.is_file():

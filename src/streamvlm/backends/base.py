@@ -3,8 +3,31 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
+
+from streamvlm.fields import check, setting
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """`vision.backend.*`: what runs the ViT's graphs. Fixed while running (it loads engines)."""
+
+    name: str = setting("torch", "what runs the ViT: torch, onnxruntime or tensorrt (the last two need "
+                        "`streamvlm export`)", choices=BACKENDS, read_only=True)
+    engines_dir: str = setting("engines", "where `streamvlm export` put the ONNX graphs and TensorRT engines",
+                               read_only=True)
+    torch_compile: bool = setting(False, "torch backend: compile the graphs with torch.compile (slow first frames)",
+                                  read_only=True)
+    trt_precision: str = setting("fp16", "tensorrt backend: which engine to load", choices=("fp16", "int8", "fp32"),
+                                 read_only=True)
+
+    def __post_init__(self):
+        check(self)
+
 
 # (features [1, P|n, F], keys [L, 1, H, P|n, d], values [L, 1, H, P|n, d])
 GraphOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -8,27 +8,17 @@
   Each layer's attention sees every token: the cached keys and values, with the n tokens'
   new ones put in their place. n varies from frame to frame (a dynamic axis on export).
 
-Nothing is updated in place, so the graphs export to ONNX as they are; the caller
-scatters the new keys and values into its cache.
+The layer body is the tower's own (`models.siglip.SiglipLayer.full` / `.delta`). Nothing
+is updated in place, so the graphs export to ONNX as they are; the caller scatters the new
+keys and values into its cache.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from streamvlm.models.base import VisionTower
-
-
-def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[1, T, C] -> [1, H, T, d]."""
-    return x.view(1, x.shape[1], heads, -1).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """[1, H, T, d] -> [1, T, C]."""
-    return x.transpose(1, 2).reshape(1, x.shape[2], -1)
 
 
 class _Graph(nn.Module):
@@ -45,15 +35,9 @@ class FullGraph(_Graph):
         kept = {0: x} if 0 in self.feature_layers else {}
         keys, values = [], []
         for index, layer in enumerate(self.layers, start=1):
-            attn = layer.self_attn
-            h = layer.layer_norm1(x)
-            k, v = split_heads(attn.k_proj(h), attn.num_heads), split_heads(attn.v_proj(h), attn.num_heads)
-            q = split_heads(attn.q_proj(h), attn.num_heads)
-            out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-            x = x + attn.out_proj(merge_heads(out))
-            x = x + layer.mlp(layer.layer_norm2(x))
-            keys.append(k)
-            values.append(v)
+            x, cache = layer.full(x)
+            keys.append(cache.keys)  # [1, H, P, d]
+            values.append(cache.values)
             if index in self.feature_layers:
                 kept[index] = x
         features = torch.cat([kept[i] for i in self.feature_layers], dim=-1)
@@ -67,15 +51,7 @@ class DeltaGraph(_Graph):
         kept = {0: x} if 0 in self.feature_layers else {}
         new_keys, new_values = [], []
         for layer_index, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = layer.layer_norm1(x)
-            k, v = split_heads(attn.k_proj(h), attn.num_heads), split_heads(attn.v_proj(h), attn.num_heads)
-            q = split_heads(attn.q_proj(h), attn.num_heads)
-            all_k = keys[layer_index].index_copy(2, index, k)
-            all_v = values[layer_index].index_copy(2, index, v)
-            out = F.scaled_dot_product_attention(q, all_k, all_v, scale=attn.scale)
-            x = x + attn.out_proj(merge_heads(out))
-            x = x + layer.mlp(layer.layer_norm2(x))
+            x, k, v = layer.delta(x, index, keys[layer_index], values[layer_index])  # k, v [1, H, n, d]
             new_keys.append(k)
             new_values.append(v)
             if layer_index + 1 in self.feature_layers:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
+from streamvlm.backends import artifacts
+from streamvlm.backends.artifacts import DELTA, FULL, require_tensorrt, sha256
 from streamvlm.backends.base import GraphOutput, VisionBackend
-from streamvlm.export import manifest as manifests
-from streamvlm.export.onnx_export import DELTA, FULL, sha256
-from streamvlm.export.tensorrt_build import require_tensorrt
 
 _DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "INT64": torch.int64, "INT32": torch.int32}
 
@@ -24,19 +23,19 @@ class TensorRTBackend(VisionBackend):
     def __init__(self, folder: Path, model_id: str, precision: str = "fp16"):
         trt = require_tensorrt()
         folder = Path(folder)
-        manifest = manifests.Manifest.read(folder, precision)
+        manifest = artifacts.Manifest.read(folder, precision)
         present = {n: sha256(folder / n) for n in (FULL, DELTA) if (folder / n).is_file()}
-        manifests.check(manifest, folder, model=model_id, onnx_sha256=present, tensorrt=trt.__version__,
+        artifacts.check(manifest, folder, model=model_id, onnx_sha256=present, tensorrt=trt.__version__,
                         gpu=torch.cuda.get_device_name(), precision=precision)
         self.precision = precision
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._trt = trt
         self._engines, self._contexts = {}, {}
         for graph in ("full", "delta"):
-            path = folder / manifests.ENGINE.format(graph=graph, precision=precision)
+            path = folder / artifacts.ENGINE.format(graph=graph, precision=precision)
             engine = runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
-                raise RuntimeError(f"TensorRT could not load {path}; {manifests.rebuild_command(folder, precision)}")
+                raise RuntimeError(f"TensorRT could not load {path}; {artifacts.rebuild_command(folder, precision)}")
             self._engines[graph] = engine
             self._contexts[graph] = engine.create_execution_context()
         self._stream = torch.cuda.Stream()

@@ -13,6 +13,9 @@ import json
 import sys
 from pathlib import Path
 
+from streamvlm.bench.options import add_settings
+from streamvlm.fields import choices
+
 
 def _lm_stream(p) -> None:
     p.add_argument("--tokens", type=int, default=20000, help="tokens of text streamed (default 20000)")
@@ -53,42 +56,40 @@ def _vision(p) -> None:
     p.add_argument("--video", required=True, help="a video file OpenCV reads, a bag, or synth:SEED")
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--size", choices=("tiny", "base", "so400m"), default="base", help="SigLIP-sized tower")
-    p.add_argument("--mode", choices=("threshold", "stc"), default="threshold")
+    from streamvlm.vision.delta_cache import DeltaSettings
+
+    modes = tuple(mode for mode in choices(DeltaSettings, "mode") if mode != "off")  # off is the baseline
+    p.add_argument("--mode", choices=modes, default=DeltaSettings.mode)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--backend", choices=("torch",), default="torch")
     p.add_argument("--device", default="auto", help="auto (CUDA where present), cpu, cuda, cuda:1...")
-    p.add_argument("--threshold", type=float, help="threshold mode: patch change that makes it dynamic")
-    p.add_argument("--drift-bound", type=float, help="threshold mode: share changed that forces a full pass")
-    p.add_argument("--full-above", type=float, help="threshold mode: share dynamic that runs the full ViT")
-    p.add_argument("--refresh", type=int, help="stc mode: full pass every N frames")
-    p.add_argument("--update-ratio", type=float, help="stc mode: share of tokens recomputed per layer")
+    add_settings(p, DeltaSettings, skip=("mode",))
 
 
 def _prune(p) -> None:
     p.add_argument("--video", required=True, help="a video file OpenCV reads, a bag, or synth:SEED")
     p.add_argument("--frames", type=int, default=60, help="sampled frames streamed (default 60)")
     p.add_argument("--fps", type=float, default=1.0, help="rate frames are sampled at (0: every frame)")
-    p.add_argument("--mode", choices=("stc", "adaptive"), default="adaptive")
+    from streamvlm.vision.pruner import PruneSettings
+
+    modes = tuple(mode for mode in choices(PruneSettings, "mode") if mode != "off")  # off is the baseline
+    p.add_argument("--mode", choices=modes, default=PruneSettings.mode)
     p.add_argument("--model", default="tiny", help="vision-language model (default tiny: random, real geometry)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--question-every", type=int, default=5, metavar="N",
                    help="ask both pipelines a question every N frames, for top1_agreement and kl")
     p.add_argument("--synth-frames", type=int, default=120, help="frames of the synthetic appearance stream")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic appearance stream")
-    p.add_argument("--keep-tokens", type=int, help="stc: tokens kept per frame")
-    p.add_argument("--min-tokens", type=int, help="adaptive: fewest tokens per frame")
-    p.add_argument("--max-tokens", type=int, help="adaptive: most tokens per frame")
-    p.add_argument("--novelty", type=float, help="adaptive: change (cosine distance) that is sent")
-    p.add_argument("--refresh-s", type=float, help="adaptive: each grid cell re-sent this often (0: never)")
+    add_settings(p, PruneSettings, skip=("mode",))
 
 
 def _answer(p) -> None:
     _random_frames(p, 256, "frames streamed before the questions (default 256)", "KV budget of the memory mode, tokens")
     p.add_argument("--questions", type=int, default=3, help="questions asked of each mode; medians reported")
     p.add_argument("--answer-tokens", type=int, default=16, help="max_new_tokens of each answer")
-    p.add_argument("--keep-ratio", type=float, help="memory: share of a frame's tokens kept")
-    p.add_argument("--top-k", type=int, help="memory: frames retrieved per question")
-    p.add_argument("--memory-dtype", choices=("int8", "float16", "bfloat16", "float32"))
+    from streamvlm.llm.memory import MemorySettings
+
+    add_settings(p, MemorySettings, prefix="memory-")
     p.add_argument("--ceiling-mb", type=float, default=32.0, help="memory ceiling of the capacity test, MiB")
     p.add_argument("--capacity-limit", type=int, default=50000, help="stop pushing frames after this many")
 

@@ -25,13 +25,15 @@ retrieval picks does, and is tested separately.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 
 from streamvlm.bench.measure import median, progress, random_frame
+from streamvlm.bench.options import given
 from streamvlm.config import PipelineConfig
-from streamvlm.llm.engine import StreamingEngine
+from streamvlm.llm.memory import MemorySettings
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.models import load_model
 from streamvlm.types import TokenBatch
@@ -41,13 +43,12 @@ QUESTIONS = ("Where did you last see the red box?", "What happened at the start?
 
 
 def run(args) -> dict:
-    memory = {k: v for k, v in (("memory_keep_ratio", args.keep_ratio), ("memory_top_k", args.top_k),
-                                ("memory_dtype", args.memory_dtype)) if v is not None}
+    memory = given(args, MemorySettings, prefix="memory_")
     base = PipelineConfig().replace(model={"name": args.model, "fallback_to_tiny": False},
                                     language={"caption_interval_s": 0.0, "max_new_tokens": args.answer_tokens})
     model = load_model(base.model)
-    configs = {"full": base.replace(language={"kv_budget_tokens": 0}),
-               "memory": base.replace(language={"kv_budget_tokens": args.budget, **memory})}
+    configs = {"full": base.replace(language={"cache.budget_tokens": 0}),
+               "memory": base.replace(language={"cache.budget_tokens": args.budget, "memory": memory})}
     frames = _Frames(model, args.tokens_per_frame, args.fps)
 
     stages = {name: LanguageStage(cfg, model) for name, cfg in configs.items()}
@@ -98,7 +99,7 @@ def run(args) -> dict:
         "tokens_per_frame": args.tokens_per_frame,
         "questions": args.questions,
         "memory_frames_at_questions": retrieved,
-        "memory_settings": {k: v for k, v in vars(configs["memory"].language).items() if k.startswith("memory_")},
+        "memory_settings": dataclasses.asdict(configs["memory"].language.memory),
         "budget": args.budget,
         "ceiling_mb": args.ceiling_mb,
         "model": args.model,
@@ -119,12 +120,7 @@ class _Frames:
 
 def kv_bytes(stage: LanguageStage) -> int:
     """Bytes of the KV tensors a stage holds: cache buffers (+ long-term memory)."""
-    engine = stage.engine
-    if isinstance(engine, StreamingEngine):
-        held = sum(t.numel() * t.element_size() for t in engine.cache.buffers.tensors)
-        return held + (engine.memory.nbytes if engine.memory is not None else 0)
-    return sum(t.numel() * t.element_size() for layer in engine.cache.layers
-               for t in (layer.keys, layer.values) if t is not None)
+    return stage.engine.nbytes
 
 
 def _capacity_full(model, cfg, frames, ceiling: int, limit: int) -> dict:
@@ -147,8 +143,8 @@ def _capacity_memory(model, cfg, frames, ceiling: int, limit: int) -> dict:
     del probe
     if buffers >= ceiling:
         raise ValueError(f"the cache buffers alone ({buffers} bytes) pass the ceiling")
-    stage = LanguageStage(cfg.replace(language={"memory_max_mb": (ceiling - buffers) / 2**20,
-                                                "memory_max_frames": 0}), model)
+    stage = LanguageStage(cfg.replace(language={"memory.max_mb": (ceiling - buffers) / 2**20,
+                                                "memory.max_frames": 0}), model)
     best, pushed = 0, 0
     bar = progress(limit, "capacity memory")
     while pushed < limit and stage.memory.dropped == 0:

@@ -34,7 +34,7 @@ def run(args) -> dict:
     cfg = PipelineConfig().replace(
         model={"name": args.model, "dtype": args.dtype, "device": device, "fallback_to_tiny": False},
         vision={"fps": 0.0},  # frames are sampled here, so every pushed frame is processed
-        language={"kv_budget_tokens": args.budget, "caption_interval_s": args.caption_every,
+        language={"cache.budget_tokens": args.budget, "caption_interval_s": args.caption_every,
                   "caption_max_new_tokens": args.caption_tokens},
     )
     model = load_model(cfg.model)

@@ -54,7 +54,7 @@ def run(args) -> dict:
     cap_tokens = int(args.baseline_max_mb * 2**20 / kv_bytes_per_token)
     results = {}
     for name, budget, cap in (("budgeted", args.budget, None), ("baseline", 0, cap_tokens)):
-        cfg = base.replace(language={"kv_budget_tokens": budget})
+        cfg = base.replace(language={"cache.budget_tokens": budget})
         label = "budgeted" if budget else "full attention"
         feed = _Feeder(args, model.decoder.config.hidden_size)
         late = LanguageStage(cfg, model)
@@ -63,7 +63,7 @@ def run(args) -> dict:
     budgeted, full = results["budgeted"], results["baseline"]
     window = budgeted["frames_in_cache_end"]  # what the budgeted cache keeps is what is recomputed
     feed = _Feeder(args, model.decoder.config.hidden_size)
-    recompute = _recompute(LanguageStage(base.replace(language={"kv_budget_tokens": 0}), model), feed,
+    recompute = _recompute(LanguageStage(base.replace(language={"cache.budget_tokens": 0}), model), feed,
                            min(args.frames, args.recompute_frames), window)
     series = {name: results[name].pop("series") for name in ("budgeted", "baseline")}
     series["recompute"] = recompute.pop("series")

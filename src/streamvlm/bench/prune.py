@@ -25,14 +25,15 @@ import numpy as np
 import torch
 
 from streamvlm.bench.measure import median, progress
+from streamvlm.bench.options import given
 from streamvlm.bench.sources import label, sampled
 from streamvlm.config import ModelConfig, PipelineConfig
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.models import load_model
 from streamvlm.synth import SyntheticScene, cells_covered
 from streamvlm.types import TokenBatch
-from streamvlm.vision.pruner import TokenPruner
-from streamvlm.vision.stage import VisionStage, prune_settings
+from streamvlm.vision.pruner import PruneSettings, TokenPruner
+from streamvlm.vision.stage import VisionStage
 
 QUESTIONS = ("What is happening?", "How many people are there?", "What is on the left?", "Describe the scene.")
 
@@ -40,7 +41,7 @@ QUESTIONS = ("What is happening?", "How many people are there?", "What is on the
 def run(args) -> dict:
     model = load_model(ModelConfig(name=args.model, dtype=args.dtype, fallback_to_tiny=False))
     cfg = _config(args)
-    settings = prune_settings(cfg.vision)
+    settings = cfg.vision.prune
     vision = VisionStage(cfg, model)  # only its ViT + projector run here: all tokens, unpruned
     stages = {"full": LanguageStage(cfg, model), "pruned": LanguageStage(cfg, model)}
     pruner = TokenPruner(settings)
@@ -91,10 +92,7 @@ def run(args) -> dict:
 
 
 def _config(args) -> PipelineConfig:
-    given = {"prune_keep_tokens": args.keep_tokens, "prune_min_tokens": args.min_tokens,
-             "prune_max_tokens": args.max_tokens, "prune_novelty": args.novelty, "prune_refresh_s": args.refresh_s}
-    vision = {"fps": 0.0, "delta_mode": "off", "prune_mode": args.mode}
-    vision.update({k: v for k, v in given.items() if v is not None})
+    vision = {"fps": 0.0, "delta.mode": "off", "prune": {**given(args, PruneSettings), "mode": args.mode}}
     return PipelineConfig().replace(model={"name": args.model, "dtype": args.dtype}, vision=vision,
                                     language={"caption_interval_s": 0.0})
 

@@ -31,17 +31,17 @@ from streamvlm.synth.questions import KINDS, SHORT_RANGE, is_correct, stream_que
 from streamvlm.synth.scene import evaluation_scene
 from streamvlm.vision.stage import VisionStage
 
-FULL = {"language": {"kv_budget_tokens": 0}, "vision": {"delta_mode": "off", "prune_mode": "off"}}
-BOUNDED = {"vision": {"delta_mode": "off", "prune_mode": "off"}}
+FULL = {"language": {"cache.budget_tokens": 0}, "vision": {"delta.mode": "off", "prune.mode": "off"}}
+BOUNDED = {"vision": {"delta.mode": "off", "prune.mode": "off"}}
 MODES = {
     "reference": FULL,
-    "delta_stc": {**FULL, "vision": {"delta_mode": "stc", "prune_mode": "off"}},
-    "delta_threshold": {**FULL, "vision": {"delta_mode": "threshold", "prune_mode": "off"}},
-    "prune_stc": {**FULL, "vision": {"delta_mode": "off", "prune_mode": "stc"}},
-    "prune_adaptive": {**FULL, "vision": {"delta_mode": "off", "prune_mode": "adaptive"}},
-    "window_only": {**BOUNDED, "language": {"sink_tokens": 0, "text_sink_tokens": 0, "memory_top_k": 0,
-                                            "memory_max_mb": 0.0}},
-    "sink_windows": {**BOUNDED, "language": {"memory_top_k": 0, "memory_max_mb": 0.0}},
+    "delta_stc": {**FULL, "vision": {"delta.mode": "stc", "prune.mode": "off"}},
+    "delta_threshold": {**FULL, "vision": {"delta.mode": "threshold", "prune.mode": "off"}},
+    "prune_stc": {**FULL, "vision": {"delta.mode": "off", "prune.mode": "stc"}},
+    "prune_adaptive": {**FULL, "vision": {"delta.mode": "off", "prune.mode": "adaptive"}},
+    "window_only": {**BOUNDED, "language": {"cache.sink_tokens": 0, "cache.text_sink_tokens": 0, "memory.top_k": 0,
+                                            "memory.max_mb": 0.0}},
+    "sink_windows": {**BOUNDED, "language": {"memory.top_k": 0, "memory.max_mb": 0.0}},
     "memory_retrieval": BOUNDED,
 }
 LONG_RANGE_MODES = ("window_only", "sink_windows", "memory_retrieval")

@@ -39,9 +39,9 @@ def run(args) -> dict:
     cfg = PipelineConfig().replace(
         model={"name": args.model, "fallback_to_tiny": False},
         vision={"fps": 0.0},  # the feeder paces the stream; every frame is taken
-        language={"kv_budget_tokens": args.budget, "caption_interval_s": args.caption_every,
+        language={"cache.budget_tokens": args.budget, "caption_interval_s": args.caption_every,
                   "caption_max_new_tokens": 8, "max_new_tokens": args.answer_tokens,
-                  "memory_max_mb": args.memory_mb})
+                  "memory.max_mb": args.memory_mb})
     model = load_model(cfg.model)
     language = LanguageWorker(LanguageStage(cfg, model), max_pending_frames=8, max_pending_questions=args.queue)
     vision = VisionWorker(VisionStage(cfg, model), lambda rgb: rgb, language.submit_batch)

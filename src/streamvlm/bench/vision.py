@@ -27,6 +27,7 @@ import torch
 from streamvlm.bench.measure import median, pick_device, progress
 from streamvlm.bench.peak import peak
 from streamvlm.bench.sources import label, open_frames
+from streamvlm.bench.options import given
 from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
 from streamvlm.vision.encoder import VisionEncoder
 
@@ -107,9 +108,7 @@ def run(args) -> dict:
 
 
 def _settings(args) -> DeltaSettings:
-    given = {"threshold": args.threshold, "drift_bound": args.drift_bound, "full_above": args.full_above,
-             "refresh": args.refresh, "update_ratio": args.update_ratio}
-    return DeltaSettings(mode=args.mode, **{k: v for k, v in given.items() if v is not None})
+    return DeltaSettings(**given(args, DeltaSettings))  # --mode is among them
 
 
 def _tower(size: str, dtype: torch.dtype, device: str):

@@ -43,7 +43,7 @@ def EntropyCalibrator(trt, folder: Path, info: dict, graph: str, cache: Path):
     import torch
 
     from streamvlm.backends.graphs import FullGraph
-    from streamvlm.export.commands import load_tower
+    from streamvlm.export.loading import load_tower
 
     tower, _, _, preprocess = load_tower(info["model"])
     tower_full = FullGraph(tower).eval().cuda()

@@ -1,5 +1,5 @@
 """`streamvlm export onnx | trt` and `streamvlm calib make`: argument parsing, then the work
-in onnx_export / tensorrt_build / calibration (imported only when run)."""
+in onnx_export / tensorrt_build / calibration / loading (imported only when run)."""
 
 from __future__ import annotations
 
@@ -33,20 +33,8 @@ def add_parsers(commands) -> None:
     make.set_defaults(run=_run_calib)
 
 
-def load_tower(name: str):
-    """(tower, image size, model id, preprocess) for a model name, or a random SigLIP-sized tower."""
-    if name.startswith("siglip-"):
-        from streamvlm.vision.towers import IMAGE_SIZE, random_siglip, siglip_pixels
-
-        return random_siglip(name.removeprefix("siglip-")), IMAGE_SIZE, name, siglip_pixels
-    from streamvlm.config import ModelConfig
-    from streamvlm.models import load_model
-
-    model = load_model(ModelConfig(name=name, fallback_to_tiny=False))
-    return model.tower, model.hf_model.config.vision_config.image_size, model.name, model.preprocess
-
-
 def _run_onnx(args) -> int:
+    from streamvlm.export.loading import load_tower
     from streamvlm.export.onnx_export import export_onnx
 
     tower, size, model_id, _ = load_tower(args.model)

@@ -9,7 +9,6 @@ after the export, on random pixels and on several token counts.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import sys
@@ -20,23 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamvlm.backends.artifacts import DELTA, FULL, INFO, model_dir_name, sha256
 from streamvlm.backends.graphs import DeltaGraph, FullGraph
 from streamvlm.models.base import VisionTower
-
-FULL, DELTA, INFO = "vision_full.onnx", "vision_delta.onnx", "onnx.json"
-
-
-def model_dir_name(model_id: str) -> str:
-    """A directory name for a model id (an HF id's slash becomes '--')."""
-    return model_id.strip("/").replace("/", "--").replace(":", "-")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # Opset 23 has the Attention operator, which onnxruntime runs fused (faster on CPU than the

@@ -3,7 +3,7 @@
 One engine per graph. The delta graph gets an optimization profile over its token count
 n (1, P/8, P); everything else has static shapes. INT8 engines are calibrated from frames
 made by `streamvlm calib make` (entropy calibration), with FP16 allowed beside INT8 for
-the layers that lose too much in INT8. The manifest (see `manifest.py`) goes beside them.
+the layers that lose too much in INT8. The manifest (`backends.artifacts`) goes beside them.
 """
 
 from __future__ import annotations
@@ -12,21 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from streamvlm.export.manifest import ENGINE, Manifest
-from streamvlm.export.onnx_export import DELTA, FULL, INFO, sha256
-
-
-def require_tensorrt():
-    """The tensorrt module, when TensorRT and a CUDA GPU are both really there."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise RuntimeError("TensorRT needs a CUDA GPU and none is available here; use the onnxruntime or torch backend")
-    try:
-        import tensorrt
-    except ImportError:
-        raise RuntimeError("the tensorrt Python package is not installed (on a Jetson it comes with JetPack)") from None
-    return tensorrt
+from streamvlm.backends.artifacts import DELTA, ENGINE, FULL, INFO, Manifest, require_tensorrt, sha256
 
 
 def build_engine(onnx_dir: Path, precision: str, calib_dir: Path | None = None, workspace_mb: int = 2048) -> dict:

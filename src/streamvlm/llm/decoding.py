@@ -14,13 +14,23 @@ from typing import Protocol
 
 import torch
 
+from streamvlm.fields import check, setting
+
 
 @dataclass(frozen=True)
 class Sampling:
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int = 0  # the generator is seeded per answer, so answers are reproducible
+    """`language.sampling.*`: how the next token is chosen."""
+
+    temperature: float = setting(0.0, "sampling temperature (0: greedy)", range=(0.0, 100.0))
+    top_p: float = setting(1.0, "nucleus sampling: keep the most likely tokens up to this probability",
+                           range=(0.0, 1.0))
+    repetition_penalty: float = setting(1.0, "divides the logits of tokens already in the question or answer "
+                                        "(1: off)", range=(0.01, 100.0))
+    # The generator is seeded per answer, so answers are reproducible.
+    seed: int = setting(0, "sampling seed (answers are reproducible)", range=(0, 2**31 - 1))
+
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass
@@ -31,8 +41,8 @@ class Generation:
 
 
 class Engine(Protocol):
-    def prefill_tokens(self, token_ids: torch.Tensor, logits: bool = True, evict: bool = True) -> torch.Tensor | None:
-        ...
+    def decode_step(self, token: int) -> torch.Tensor:
+        """Append one generated token; the next logits [V]."""
 
 
 def transform_logits(logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling) -> torch.Tensor:
@@ -68,8 +78,8 @@ def generate(engine: Engine, logits: torch.Tensor, max_new_tokens: int, stops: f
     """Decode from `logits` (the prompt's last logits [V]).
 
     The chosen tokens are fed back except the last one, as in HF generate: the cache then
-    holds everything up to, not including, the final token. The caller has made room for
-    `max_new_tokens`; decode steps never evict (an eviction per token would move the
+    holds everything up to, not including, the final token. The caller has reserved room
+    for `max_new_tokens`; decode steps never evict (an eviction per token would move the
     whole cache per token). The repetition penalty sees `prompt_ids` and the answer so far.
     """
     device = logits.device
@@ -92,5 +102,5 @@ def generate(engine: Engine, logits: torch.Tensor, max_new_tokens: int, stops: f
         if seen.numel():
             seen[known] = token
             known += 1
-        logits = engine.prefill_tokens(torch.tensor([token]), evict=False)
+        logits = engine.decode_step(token)
     return Generation(tokens, first, bool(tokens) and tokens[-1] in stops)

@@ -1,56 +1,54 @@
-"""Chunked prefill and decode for Llama-family decoders over the fixed-budget streaming cache.
+"""Chunked prefill and decode over the fixed-budget streaming cache.
 
-Runs the transformers model's own modules (norms, projections, MLP, rotary table) layer
-by layer, but owns attention and the cache: keys are written before RoPE into
-preallocated buffers (gpt-fast's static cache) and rotated at use for positions 0..L-1,
-which is what keeps positions contiguous after eviction (see `kv_cache`). Covers the
-decoders of LLaVA-OneVision (Qwen2), SmolVLM / SmolLM2 (Llama) and Qwen3 (per-head
-q/k norms). Qwen2-VL's M-RoPE needs 3-D positions per slot and is refused here until
-its adapter exists.
+Runs the model's own layer pieces (norms, projections, MLP, rotary table) layer by layer
+through the family-neutral `models.decoder.LanguageDecoder`, but owns attention and the
+cache: keys are written before RoPE into preallocated buffers (gpt-fast's static cache)
+and rotated at use for positions 0..L-1, which is what keeps positions contiguous after
+eviction (see `kv_cache`). Which decoders can run (LLaVA-OneVision's Qwen2, SmolLM2's
+Llama, Qwen3; not yet Qwen2-VL's M-RoPE) is the decoder adapter's decision.
 """
 
 from __future__ import annotations
+
+import heapq
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamvlm.llm.kv_cache import FRAME, TEXT, CacheLayout, KVBuffers, StreamingKVCache
-from streamvlm.llm.memory import FrameMemory
+from streamvlm.llm.contract import ContextEngine
+from streamvlm.llm.kv_cache import FRAME, TEXT, CacheFull, CacheLayout, KVBuffers, StreamingKVCache
+from streamvlm.llm.memory import FrameMemory, MemorySettings
+from streamvlm.models.decoder import LanguageDecoder, language_decoder
 
 
-class StreamingEngine:
+class StreamingEngine(ContextEngine):
     """One stream's context: `prefill` frames and text, decode answers, evict by the layout."""
 
-    def __init__(self, decoder: nn.Module, lm_head: nn.Module, layout: CacheLayout, prefill_chunk: int = 512):
-        config = decoder.config
-        _check_supported(config)
-        self.decoder = decoder
+    def __init__(self, decoder: nn.Module | LanguageDecoder, lm_head: nn.Module, layout: CacheLayout,
+                 prefill_chunk: int = 512):
+        # A transformers decoder is taken as a Llama-style one (which refuses what it cannot run).
+        self.language = language_decoder(decoder)
         self.lm_head = lm_head
         self.prefill_chunk = prefill_chunk
-        attn = decoder.layers[0].self_attn
-        self.q_heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = attn.head_dim
-        self.scaling = attn.scaling
-        weight = decoder.get_input_embeddings().weight
-        self.device, self.dtype = weight.device, weight.dtype
+        language = self.language
+        self.q_heads, self.kv_heads = language.q_heads, language.kv_heads
+        self.head_dim, self.scaling = language.head_dim, language.scaling
+        self.device, self.dtype = language.device, language.dtype
         slots = layout.budget_tokens
         self.cache = StreamingKVCache(layout, KVBuffers(
-            len(decoder.layers), self.kv_heads, self.head_dim, slots, self.dtype, self.device))
+            len(language.layers), self.kv_heads, self.head_dim, slots, self.dtype, self.device))
         self.cos, self.sin = self._rotary_table(slots)  # [slots, head_dim] each
         # Keys rotated for the current step, reused by every layer: no allocation per step.
         self._rotated = torch.empty(self.kv_heads, slots, self.head_dim, dtype=self.dtype, device=self.device)
         self.score_frames = False  # record the attention each frame token gets from its frame (for memory)
         self.memory: FrameMemory | None = None
+        self._reserved: int | None = None  # tokens reserved for the turn in hand; writes then never evict
 
     @torch.inference_mode()
     def _rotary_table(self, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # The model's own rotary module (with its scaling rule), evaluated once for every slot.
-        probe = torch.zeros(1, slots, 1, dtype=self.dtype, device=self.device)
-        positions = torch.arange(slots, device=self.device)[None]
-        cos, sin = self.decoder.rotary_emb(probe, positions)
-        return cos[0], sin[0]
+        # The model's own rotary table (with its scaling rule), evaluated once for every slot.
+        return self.language.rotary(torch.arange(slots, device=self.device))
 
     @property
     def length(self) -> int:
@@ -70,10 +68,48 @@ class StreamingEngine:
         """The most tokens that could be appended at once (everything evictable evicted)."""
         return self.cache.policy.max_room()
 
+    @property
+    def nbytes(self) -> int:
+        held = sum(t.numel() * t.element_size() for t in self.cache.buffers.tensors)
+        return held + (self.memory.nbytes if self.memory is not None else 0)
+
+    @property
+    def free(self) -> int:
+        """Slots free now, without evicting anything."""
+        return self.cache.policy.layout.budget_tokens - self.cache.length
+
     def reset(self) -> None:
         self.cache.reset()
+        self._reserved = None
         if self.memory is not None:
             self.memory.clear()
+
+    @torch.inference_mode()
+    def retune(self, layout: CacheLayout, memory: MemorySettings, prefill_chunk: int) -> None:
+        if layout.budget_tokens != self.cache.policy.layout.budget_tokens:
+            raise ValueError("the KV budget sizes the preallocated cache; it is fixed while running")
+        self.cache.policy.layout = layout  # the windows apply from the next append
+        self.prefill_chunk = prefill_chunk
+        if not memory.enabled:
+            self.attach_memory(None)
+        elif self.memory is None:
+            self.attach_memory(FrameMemory(memory, self.device))
+        else:
+            self.memory.settings = memory  # new limits apply now, compression to new frames
+            self.memory.enforce_budget()
+            self.attach_memory(self.memory)
+
+    def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0) -> None:
+        self.prefill(embeds, logits=False, kind=FRAME, stamp_ns=stamp_ns, evict=self._reserved is None,
+                     header=header)
+
+    def prefill_text(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:
+        return self.prefill(embeds, logits=logits, evict=self._reserved is None)
+
+    def decode_step(self, token: int) -> torch.Tensor:
+        # Never evicts (an eviction per token would move the whole cache per token): the
+        # caller reserved room for the answer. Without room the append raises CacheFull.
+        return self.prefill_tokens(torch.tensor([token]), evict=False)
 
     # Eviction writes into the cache's and memory's tensors, made under inference mode: any
     # entry point that may evict runs under it too (a question reserving room evicts).
@@ -81,10 +117,37 @@ class StreamingEngine:
     def make_room(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> None:
         self.cache.make_room(incoming, kind, stamp_ns)
 
-    @property
-    def free(self) -> int:
-        """Slots free now, without evicting anything."""
-        return self.cache.policy.layout.budget_tokens - self.cache.length
+    def reserve(self, tokens: int, recall: bool = False) -> None:
+        room = self.room
+        if tokens > room:
+            raise CacheFull(f"the question and answer need {tokens} tokens of KV cache; at most {room} can be "
+                            f"freed (language.cache.budget_tokens = {self.cache.policy.layout.budget_tokens})")
+        extra = self._recall_tokens() if recall else 0
+        self.make_room(tokens + min(extra, room - tokens))
+        self._reserved = tokens
+
+    def _recall_tokens(self) -> int:
+        """The most tokens retrieval could bring back: the top_k largest stored frames."""
+        if self.memory is None:
+            return 0
+        return sum(heapq.nlargest(self.memory.settings.top_k, (f.tokens for f in self.memory.frames)))
+
+    @torch.inference_mode()
+    def recall(self, question: torch.Tensor) -> list[int]:
+        """Bring back the stored frames that best match the question's embeddings [T, D] into the
+        room that `reserve` left beyond its own tokens, until `release`; returns their stamps."""
+        room = self.free - (self._reserved or 0)
+        if self.memory is None or not len(self.memory) or room <= 0:
+            return []
+        frames = self.memory.retrieve(self.probe_queries(question), room, self.device, self.dtype)
+        if frames:
+            self.cache.insert_frames(frames)
+        return [stamp for _, _, stamp in frames]
+
+    @torch.inference_mode()
+    def release(self) -> None:
+        self._reserved = None
+        self.cache.remove_retrieved()
 
     @torch.inference_mode()
     def probe_queries(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -105,21 +168,6 @@ class StreamingEngine:
             slots = slice(span.start, span.start + span.length)
             self.memory.add(buffers.keys[:, :, slots], buffers.values[:, :, slots],
                             buffers.scores[0, 0, slots, 0], span.stamp_ns)
-
-    @torch.inference_mode()
-    def recall(self, question: torch.Tensor, max_tokens: int) -> list[int]:
-        """Bring back the stored frames that best match the question's embeddings [T, D],
-        at most `max_tokens` of them, until `remove_retrieved`; returns their stamps."""
-        if self.memory is None or not len(self.memory) or max_tokens <= 0:
-            return []
-        frames = self.memory.retrieve(self.probe_queries(question), max_tokens, self.device, self.dtype)
-        if frames:
-            self.cache.insert_frames(frames)
-        return [stamp for _, _, stamp in frames]
-
-    @torch.inference_mode()
-    def remove_retrieved(self) -> None:
-        self.cache.remove_retrieved()
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
@@ -153,7 +201,7 @@ class StreamingEngine:
                        all_logits: bool = False) -> torch.Tensor | None:
         """Append text token ids [T] (or [1, T]); returns the last logits [V]."""
         ids = token_ids.reshape(1, -1).to(self.device)
-        embeds = self.decoder.get_input_embeddings()(ids)[0]
+        embeds = self.language.embed(ids)[0]
         return self.prefill(embeds, logits, TEXT, evict=evict, all_logits=all_logits)
 
     def _forward(self, x: torch.Tensor, start: int, score: bool = False,
@@ -174,14 +222,8 @@ class StreamingEngine:
             slots = torch.arange(end, device=self.device)
             mask = (slots[None] <= torch.arange(start, end, device=self.device)[:, None]).repeat(group, 1)
         rotated = self._rotated[:, :end]
-        for index, layer in enumerate(self.decoder.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(steps, self.q_heads, self.head_dim)  # [T, Hq, d]
-            k = attn.k_proj(h).view(steps, self.kv_heads, self.head_dim)  # [T, Hkv, d]
-            v = attn.v_proj(h).view(steps, self.kv_heads, self.head_dim)
-            if hasattr(attn, "q_norm"):  # Qwen3 normalizes each head before RoPE
-                q, k = attn.q_norm(q), attn.k_norm(k)
+        for index, layer in enumerate(self.language.layers):
+            q, k, v = layer.qkv(x)  # [T, Hq, d], [T, Hkv, d], [T, Hkv, d], before RoPE
             if capture is not None:
                 capture.append(q.float().mean(dim=0))
             self.cache.buffers.write(index, start, k.transpose(0, 1), v.transpose(0, 1))
@@ -194,9 +236,8 @@ class StreamingEngine:
             if score:
                 self._score(q, rotated[:, start:end], start, index == 0)
             out = out.view(self.q_heads, steps, self.head_dim).transpose(0, 1).reshape(1, steps, -1)
-            x = x + attn.o_proj(out)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.decoder.norm(x)
+            x = layer.mlp_block(layer.attention_out(x, out))
+        return self.language.final_norm(x)
 
 
     def _score(self, q: torch.Tensor, keys: torch.Tensor, start: int, first_layer: bool) -> None:
@@ -228,14 +269,3 @@ def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: tor
     torch.mul(x, cos, out=out)
     out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
     out[..., half:].addcmul_(x[..., :half], sin[..., half:])
-
-
-def _check_supported(config) -> None:
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if "mrope_section" in rope:
-        raise NotImplementedError("M-RoPE (Qwen2-VL) decoders need 3-D positions per slot; not supported yet")
-    if getattr(config, "use_sliding_window", False):
-        raise NotImplementedError("sliding-window attention layers are not supported by the streaming engine")
-    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
-    if kinds != {"full_attention"}:
-        raise NotImplementedError(f"layer types {sorted(kinds)} are not supported; only full attention")

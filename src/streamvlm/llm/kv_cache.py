@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from streamvlm.fields import check, setting
+
 FRAME = "frame"
 TEXT = "text"
 
@@ -42,24 +44,31 @@ class CacheFull(RuntimeError):
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """Sizes of the streaming layout, all in tokens except the vision window."""
+    """`language.cache.*`: sizes of the streaming layout, all in tokens except the vision window.
+    Defaults after StreamingVLM's 512 + 512 text tokens and 16 s of vision."""
 
-    budget_tokens: int = 8192
-    sink_tokens: int = 4
-    text_sink_tokens: int = 512
-    text_window_tokens: int = 512
-    vision_window_s: float = 16.0  # 0: no time limit
-    vision_window_frames: int = 0  # 0: no count limit
+    budget_tokens: int = setting(8192, "KV cache size in tokens, preallocated (0: full attention, grows without "
+                                 "bound; the reference)", range=(0, 1 << 24), read_only=True)
+    sink_tokens: int = setting(4, "first tokens of the stream kept forever (attention sinks)", range=(0, 1 << 20))
+    text_sink_tokens: int = setting(512, "first text tokens after the sinks kept forever (system prompt, first "
+                                    "turns)", range=(0, 1 << 20))
+    text_window_tokens: int = setting(512, "most recent text tokens kept", range=(0, 1 << 20))
+    vision_window_s: float = setting(16.0, "frames younger than this are kept, budget allowing (0: no time limit)",
+                                     range=(0.0, 86400.0))
+    vision_window_frames: int = setting(0, "at most this many frames are kept (0: no count limit)",
+                                        range=(0, 1 << 20))
 
     def __post_init__(self):
-        if self.budget_tokens <= 0:
-            raise ValueError("budget_tokens must be positive")
-        if min(self.sink_tokens, self.text_sink_tokens, self.text_window_tokens, self.vision_window_frames) < 0:
-            raise ValueError("token and frame counts must not be negative")
-        if self.sink_tokens + self.text_sink_tokens >= self.budget_tokens:
+        check(self)
+        if self.bounded and self.sink_tokens + self.text_sink_tokens >= self.budget_tokens:
             raise ValueError(
                 f"sink_tokens + text_sink_tokens ({self.sink_tokens + self.text_sink_tokens}) "
                 f"must leave room in budget_tokens ({self.budget_tokens})")
+
+    @property
+    def bounded(self) -> bool:
+        """False for budget 0: full attention, the reference that never evicts."""
+        return self.budget_tokens > 0
 
 
 @dataclass

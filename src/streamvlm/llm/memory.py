@@ -22,28 +22,35 @@ from dataclasses import dataclass
 
 import torch
 
+from streamvlm.fields import check, setting
+
 STORE_DTYPES = ("int8", "float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
 class MemorySettings:
-    max_frames: int = 0  # 0: no count limit
-    max_bytes: int = 512 * 2**20  # 0: no byte limit (both 0: memory off)
-    keep_ratio: float = 0.25  # share of a frame's tokens kept (1: no compression)
-    top_k: int = 16  # frames retrieved per question
-    dtype: str = "int8"
+    """`language.memory.*`: long-term memory of the frames that leave the cache."""
+
+    max_frames: int = setting(0, "long-term memory holds at most this many frames, dropping the oldest (0: no "
+                              "count limit)", range=(0, 1 << 30))
+    max_mb: float = setting(512.0, "long-term memory size limit in MiB, dropping the oldest frames (0 with "
+                            "max_frames 0: memory off)", range=(0.0, 1 << 20))
+    keep_ratio: float = setting(0.25, "share of an evicted frame's tokens kept in memory, the most attended (1: no "
+                                "compression)", range=(0.001, 1.0))
+    top_k: int = setting(16, "frames brought back from memory for each question (0: no retrieval)",
+                         range=(0, 4096))
+    dtype: str = setting("int8", "how memory stores keys and values", choices=STORE_DTYPES)
 
     def __post_init__(self):
-        if not 0 < self.keep_ratio <= 1:
-            raise ValueError(f"keep_ratio must be in (0, 1]; got {self.keep_ratio}")
-        if self.dtype not in STORE_DTYPES:
-            raise ValueError(f"memory dtype must be one of {', '.join(STORE_DTYPES)}; got {self.dtype!r}")
-        if min(self.max_frames, self.max_bytes, self.top_k) < 0:
-            raise ValueError("memory sizes must not be negative")
+        check(self)
+
+    @property
+    def max_bytes(self) -> int:
+        return round(self.max_mb * 2**20)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.max_frames or self.max_bytes) and self.top_k > 0
+        return bool(self.max_frames or self.max_mb) and self.top_k > 0
 
 
 @dataclass

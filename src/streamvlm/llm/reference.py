@@ -2,7 +2,7 @@
 
 Every token ever fed stays in the cache and positions grow without bound. It is what the
 streaming engine must equal while nothing is evicted, the baseline the benchmarks compare
-against, and `language.kv_budget_tokens: 0` selects it.
+against, and `language.cache.budget_tokens: 0` selects it.
 """
 
 from __future__ import annotations
@@ -11,50 +11,84 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from streamvlm.llm.kv_cache import FRAME, TEXT
+from streamvlm.llm.contract import ContextEngine
+from streamvlm.llm.kv_cache import FRAME, TEXT, CacheLayout
+from streamvlm.llm.memory import MemorySettings
 
 
-class FullAttentionEngine:
+class FullAttentionEngine(ContextEngine):
     def __init__(self, decoder: nn.Module, lm_head: nn.Module):
         self.decoder = decoder
         self.lm_head = lm_head
         weight = decoder.get_input_embeddings().weight
         self.device, self.dtype = weight.device, weight.dtype
         self.cache = DynamicCache()
-        self.length = 0  # tokens in the cache; also the next token's position
-        self.frame_stamps: list[int] = []
-        self.evicted_tokens = 0  # never evicts
+        self._length = 0  # tokens in the cache; also the next token's position
+        self._frame_stamps: list[int] = []
+        self.memory = None  # nothing is evicted, so nothing is remembered
 
     @property
-    def room(self) -> int:
-        return 1 << 62  # unbounded: memory is the limit
+    def length(self) -> int:
+        return self._length
+
+    @property
+    def evicted_tokens(self) -> int:
+        return 0
+
+    @property
+    def frame_stamps(self) -> list[int]:
+        return self._frame_stamps
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers
+                   for t in (layer.keys, layer.values) if t is not None)
 
     def reset(self) -> None:
         self.cache = DynamicCache()
-        self.length = 0
-        self.frame_stamps = []
+        self._length = 0
+        self._frame_stamps = []
 
-    def make_room(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> None:
-        """Nothing is ever evicted."""
+    def retune(self, layout: CacheLayout, memory: MemorySettings, prefill_chunk: int) -> None:
+        """Nothing to tune: no layout, no memory, transformers prefills in one pass."""
+
+    def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0) -> None:
+        self.prefill(embeds, logits=False, kind=FRAME, stamp_ns=stamp_ns)
+
+    def prefill_text(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:
+        return self.prefill(embeds, logits=logits)
+
+    def reserve(self, tokens: int, recall: bool = False) -> None:
+        """Always room: memory is the limit."""
+
+    def recall(self, question: torch.Tensor) -> list[int]:
+        return []  # every frame is still in the context
+
+    def decode_step(self, token: int) -> torch.Tensor:
+        return self.prefill_tokens(torch.tensor([token]))
+
+    def release(self) -> None:
+        pass
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
-                evict: bool = True, all_logits: bool = False, header: int = 0) -> torch.Tensor | None:
+                all_logits: bool = False) -> torch.Tensor | None:
         """Append embeddings [T, D]; returns the last position's logits [V] ([T, V] with all_logits)."""
         embeds = embeds.to(self.device, self.dtype)[None]  # [1, T, D]
         steps = embeds.shape[1]
-        positions = torch.arange(self.length, self.length + steps, device=self.device)[None]
+        positions = torch.arange(self._length, self._length + steps, device=self.device)[None]
         out = self.decoder(inputs_embeds=embeds, position_ids=positions, past_key_values=self.cache, use_cache=True)
-        self.length += steps
+        self._length += steps
         if kind == FRAME:
-            self.frame_stamps.append(stamp_ns)
+            self._frame_stamps.append(stamp_ns)
         if all_logits:
             return self.lm_head(out.last_hidden_state)[0].float()
         if not logits:
             return None
         return self.lm_head(out.last_hidden_state[:, -1])[0].float()  # [V]
 
-    def prefill_tokens(self, token_ids: torch.Tensor, logits: bool = True, evict: bool = True,
+    def prefill_tokens(self, token_ids: torch.Tensor, logits: bool = True,
                        all_logits: bool = False) -> torch.Tensor | None:
+        """Append text token ids [T] (or [1, T]); returns the last logits [V]."""
         embeds = self.decoder.get_input_embeddings()(token_ids.reshape(1, -1).to(self.device))[0]
         return self.prefill(embeds, logits, TEXT, all_logits=all_logits)

@@ -7,45 +7,29 @@ context, and the next frames open a new turn. Captions are questions the stage a
 
 from __future__ import annotations
 
-import heapq
 import time
 
 import torch
 
 from streamvlm.config import LanguageConfig, PipelineConfig
-from streamvlm.llm.decoding import Sampling, generate
+from streamvlm.llm.contract import CacheFull, ContextEngine
+from streamvlm.llm.decoding import Generation, generate
 from streamvlm.llm.engine import StreamingEngine
-from streamvlm.llm.kv_cache import FRAME, CacheLayout
-from streamvlm.llm.memory import FrameMemory, MemorySettings
+from streamvlm.llm.memory import FrameMemory
 from streamvlm.llm.reference import FullAttentionEngine
 from streamvlm.models import VisionLanguageModel
 from streamvlm.timeline import Timeline
 from streamvlm.types import Answer, Caption, TokenBatch
 
 
-def cache_layout(cfg: LanguageConfig) -> CacheLayout:
-    return CacheLayout(cfg.kv_budget_tokens, cfg.sink_tokens, cfg.text_sink_tokens, cfg.text_window_tokens,
-                       cfg.vision_window_s, cfg.vision_window_frames)
-
-
-def sampling(cfg: LanguageConfig) -> Sampling:
-    return Sampling(cfg.temperature, cfg.top_p, cfg.repetition_penalty, cfg.seed)
-
-
-def memory_settings(cfg: LanguageConfig) -> MemorySettings:
-    return MemorySettings(cfg.memory_max_frames, round(cfg.memory_max_mb * 2**20), cfg.memory_keep_ratio,
-                          cfg.memory_top_k, cfg.memory_dtype)
-
-
-def make_engine(cfg: LanguageConfig, model: VisionLanguageModel) -> StreamingEngine | FullAttentionEngine:
+def make_engine(cfg: LanguageConfig, model: VisionLanguageModel) -> ContextEngine:
     """The streaming engine at the configured budget, with long-term memory when it is on,
     or the full-attention reference (which never evicts) at budget 0."""
-    if cfg.kv_budget_tokens == 0:
+    if not cfg.cache.bounded:
         return FullAttentionEngine(model.decoder, model.lm_head)
-    engine = StreamingEngine(model.decoder, model.lm_head, cache_layout(cfg), cfg.prefill_chunk_tokens)
-    settings = memory_settings(cfg)
-    if settings.enabled:
-        engine.attach_memory(FrameMemory(settings, engine.device))
+    engine = StreamingEngine(model.language, model.lm_head, cfg.cache, cfg.prefill_chunk_tokens)
+    if cfg.memory.enabled:
+        engine.attach_memory(FrameMemory(cfg.memory, engine.device))
     return engine
 
 
@@ -68,25 +52,19 @@ class LanguageStage:
         self._started = self._turn_has_frames = False
         self._caption_anchor_ns = self._caption_from_ns = None
 
-    def reconfigure(self, cfg: PipelineConfig) -> None:
-        """Take new run-time settings (the model section cannot change while running)."""
+    def check_change(self, cfg: PipelineConfig) -> None:
+        """Raise ValueError when `cfg` cannot be taken while running (the model and the KV
+        budget are fixed); the settings sections validated themselves when `cfg` was built."""
         if cfg.model != self.cfg.model:
             raise ValueError("the model settings are fixed while running; reconfigure the node to change them")
-        if cfg.language.kv_budget_tokens != self.cfg.language.kv_budget_tokens:
-            raise ValueError("language.kv_budget_tokens sizes the preallocated cache; it is fixed while running")
-        layout = cache_layout(cfg.language) if cfg.language.kv_budget_tokens else None  # validates the sizes
-        memory = memory_settings(cfg.language)
-        if isinstance(self.engine, StreamingEngine):
-            self.engine.cache.policy.layout = layout
-            self.engine.prefill_chunk = cfg.language.prefill_chunk_tokens
-            if not memory.enabled:
-                self.engine.attach_memory(None)
-            elif self.engine.memory is None:
-                self.engine.attach_memory(FrameMemory(memory, self.engine.device))
-            elif memory != self.engine.memory.settings:
-                self.engine.memory.settings = memory  # new limits apply now, compression to new frames
-                self.engine.memory.enforce_budget()
-                self.engine.attach_memory(self.engine.memory)
+        if cfg.language.cache.budget_tokens != self.cfg.language.cache.budget_tokens:
+            raise ValueError("language.cache.budget_tokens sizes the preallocated cache; it is fixed while running")
+
+    def reconfigure(self, cfg: PipelineConfig) -> None:
+        """Take new run-time settings, between frames and questions, on the thread that runs them."""
+        self.check_change(cfg)
+        language = cfg.language
+        self.engine.retune(language.cache, language.memory, language.prefill_chunk_tokens)
         self.timeline.cfg = cfg.stream
         self.cfg = cfg
 
@@ -108,7 +86,7 @@ class LanguageStage:
     @property
     def memory(self) -> FrameMemory | None:
         """Long-term memory of the frames that left the context (None when off)."""
-        return getattr(self.engine, "memory", None)
+        return self.engine.memory
 
     @property
     def has_frames(self) -> bool:
@@ -128,7 +106,7 @@ class LanguageStage:
         # A pruned frame's kept tokens go in at consecutive positions, in grid order, as
         # LLaVA-OneVision's 1-D RoPE places any frame's tokens; batch.positions is for M-RoPE.
         embeds, header = self._with_marker(batch)
-        self.engine.prefill(embeds, logits=False, kind=FRAME, stamp_ns=batch.stamp_ns, header=header)
+        self.engine.prefill_frame(embeds, batch.stamp_ns, header)
         self._newest_ns = batch.stamp_ns
         self._turn_has_frames = True
         if self._caption_anchor_ns is None:
@@ -157,25 +135,15 @@ class LanguageStage:
         error = self.question_error(question)
         if not error and not self.has_frames:
             error = "no camera frames received yet: nothing to answer from"
-        limit = max_new_tokens or self.cfg.language.max_new_tokens
-        prompt_ids = None
-        if not error:
-            self._start()
-            prompt_ids = self._question_ids(question)
-            error = self._reserve(prompt_ids.numel() + limit, recall)
         if error:
             return Answer(question, "", self.newest_stamp_ns, 0.0, success=False, error=error)
+        self._start()
+        prompt_ids = self._question_ids(question)
+        limit = max_new_tokens or self.cfg.language.max_new_tokens
         try:
-            if recall:
-                self._recall(question, prompt_ids.numel() + limit)
-            logits = self._close_turn(prompt_ids)
-            first_token_ms = (time.perf_counter() - start) * 1e3
-            evidence = self.frame_stamps  # the frames this answer attends to, retrieved ones included
-            generation = generate(self.engine, logits, limit, self.model.stop_token_ids,
-                                  sampling(self.cfg.language), prompt_ids)
-        finally:
-            if self.memory is not None:
-                self.engine.remove_retrieved()  # the streaming context is as it was, plus this turn
+            generation, evidence, first_token_ms = self._answer(question, prompt_ids, limit, recall, start)
+        except CacheFull as err:
+            return Answer(question, "", self.newest_stamp_ns, 0.0, success=False, error=str(err))
         self._open_turn(generation.token_ids, generation.stopped)
         ids = [t for t in generation.token_ids if t not in self.model.stop_token_ids]
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -183,6 +151,28 @@ class LanguageStage:
         return Answer(question, text, self.newest_stamp_ns, latency, evidence,
                       token_ids=generation.token_ids, first_logits=generation.first_logits,
                       first_token_ms=first_token_ms)
+
+    def _answer(self, question: str, prompt_ids: torch.Tensor, limit: int, recall: bool,
+                start: float) -> tuple[Generation, list[int], float]:
+        """The answer protocol over the engine (see llm/contract.py): reserve room for the whole
+        turn, bring back what memory holds for the question, close the turn, generate, and let
+        the retrieved frames go again. Returns the generation, the stamps of the frames it
+        attended to (retrieved ones included) and the time to the first token."""
+        closing = self._closing_embeds()  # [0 or 1, D]
+        self.engine.reserve(closing.shape[0] + prompt_ids.numel() + limit, recall)
+        try:
+            if recall:
+                self.engine.recall(self.model.embed_tokens(self.model.tokenize(question))[0])
+            if closing.shape[0]:
+                self.engine.prefill_text(closing)
+            logits = self.engine.prefill_text(self.model.embed_tokens(prompt_ids[None])[0], logits=True)
+            first_token_ms = (time.perf_counter() - start) * 1e3
+            evidence = self.frame_stamps
+            generation = generate(self.engine, logits, limit, self.model.stop_token_ids,
+                                  self.cfg.language.sampling, prompt_ids)
+        finally:
+            self.engine.release()  # the streaming context is as it was, plus this turn
+        return generation, evidence, first_token_ms
 
     def maybe_caption(self) -> Caption | None:
         """A caption when `caption_interval_s` of stream has passed since the last one."""
@@ -200,51 +190,28 @@ class LanguageStage:
 
     def _start(self) -> None:
         if not self._started:
-            self.engine.prefill_tokens(self.model.tokenize(self.model.prompt.stream_prefix), logits=False)
+            prefix = self.model.tokenize(self.model.prompt.stream_prefix)
+            self.engine.prefill_text(self.model.embed_tokens(prefix)[0])
             self._started = True
 
     def _question_ids(self, question: str) -> torch.Tensor:
         prompt = self.model.prompt
         return self.model.tokenize(prompt.question_prefix + question + prompt.question_suffix)[0]  # [T]
 
-    def _closes_frames(self) -> bool:
-        return self._turn_has_frames and self.model.frames_end_embedding is not None
-
-    def _reserve(self, tokens: int, recall: bool = True) -> str:
-        """Evict now for the whole question and answer, so decoding never evicts; or say why not.
-        With long-term memory, also for the frames a question may bring back, room allowing."""
-        tokens += self._closes_frames()
-        if tokens > self.engine.room:
-            return (f"the question and answer need {tokens} tokens of KV cache; at most {self.engine.room} "
-                    f"can be freed (language.kv_budget_tokens = {self.cfg.language.kv_budget_tokens})")
-        extra = self._recall_tokens() if recall else 0
-        self.engine.make_room(tokens + min(extra, self.engine.room - tokens))
-        return ""
-
-    def _recall_tokens(self) -> int:
-        """The most tokens retrieval could bring back: the top_k largest stored frames."""
-        if self.memory is None:
-            return 0
-        return sum(heapq.nlargest(self.memory.settings.top_k, (f.tokens for f in self.memory.frames)))
-
-    def _recall(self, question: str, reserved: int) -> None:
-        """Bring back the stored frames that match the question into the free slots."""
-        if self.memory is None:
-            return
-        room = self.engine.free - reserved - self._closes_frames()
-        self.engine.recall(self.model.embed_tokens(self.model.tokenize(question))[0], room)
-
-    def _close_turn(self, prompt_ids: torch.Tensor) -> torch.Tensor:
-        if self._closes_frames():
-            self.engine.prefill(self.model.frames_end_embedding[None], logits=False, evict=False)
-        return self.engine.prefill_tokens(prompt_ids, evict=False)
+    def _closing_embeds(self) -> torch.Tensor:
+        """What closes the turn's run of frames before the question ([1, D], LLaVA-OneVision's
+        newline after a video), or nothing [0, D]."""
+        end = self.model.frames_end_embedding
+        if self._turn_has_frames and end is not None:
+            return end[None]
+        return torch.empty(0, self.model.decoder.config.hidden_size)
 
     def _open_turn(self, generated: list[int], stopped: bool) -> None:
         # The last generated token is not in the cache yet. A final stop token is the
         # end-of-turn marker that the separator spells out anyway, so it is dropped.
         tail = generated[-1:] if generated and not stopped else []
         ids = tail + self.model.tokenize(self.model.prompt.turn_separator)[0].tolist()
-        self.engine.prefill_tokens(torch.tensor(ids), logits=False)
+        self.engine.prefill_text(self.model.embed_tokens(torch.tensor([ids]))[0])
         self._turn_has_frames = False
 
     def check_batch(self, batch: TokenBatch) -> None:

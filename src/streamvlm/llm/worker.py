@@ -9,6 +9,10 @@ encoder: keep latency bounded, count the drop), and questions beyond
 `max_pending_questions` are refused at once as busy. Every question gets an `Answer`,
 refusals included, through the returned future and the `on_answer` callback.
 
+Run-time settings changes (`reconfigure`) are validated at once, on the caller's thread,
+so a bad one is refused with its reason, and applied on the worker thread before the next
+frame or question: never in the middle of a prefill or an answer.
+
 Stamps go through the stage's Timeline as they arrive: late frames are dropped, and a
 time jump either resets the stream (in turn, after the frames and questions before it)
 or continues with shifted stamps (see timeline.py).
@@ -26,8 +30,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from streamvlm.config import PipelineConfig, settings_status
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.metrics import RecentValues, ThrottledLog
+from streamvlm.pending import PendingChange
 from streamvlm.timeline import RESET
 from streamvlm.types import Answer, Caption, TokenBatch
 
@@ -58,6 +64,7 @@ class LanguageWorker:
         self._frames: collections.deque[tuple[int, TokenBatch, float, bool]] = collections.deque()
         self._questions: collections.deque[tuple[int, _Question, float, bool]] = collections.deque()
         self._arrival = itertools.count()
+        self._change = PendingChange(stage.reconfigure, self._warn)  # settings to take before the next item
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -94,6 +101,17 @@ class LanguageWorker:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        with self._cond:
+            self._change.take()  # no thread uses the stage now
+
+    def reconfigure(self, cfg: PipelineConfig) -> None:
+        """Take new run-time settings: refused now with ValueError, or applied before the next
+        frame or question. The time policy applies at once (`submit_batch` reads it under the lock)."""
+        self.stage.check_change(cfg)
+        with self._cond:
+            self.stage.timeline.cfg = cfg.stream
+            self._change.offer(cfg, idle=self._thread is None)
+            self._cond.notify()
 
     def submit_batch(self, batch: TokenBatch) -> bool:
         """Queue one frame's tokens; False (and counted) when they are invalid or late."""
@@ -180,7 +198,7 @@ class LanguageWorker:
             "ms waiting p95": round(self.ms_waiting.percentile(95), 1),
             "frames in context": len(self.stage.frame_stamps),
             "KV tokens in use": self.stage.context_tokens,
-            "KV token budget": self.stage.cfg.language.kv_budget_tokens or "unbounded (full attention)",
+            "KV token budget": self.stage.cfg.language.cache.budget_tokens or "unbounded (full attention)",
             "KV tokens evicted": self.stage.evicted_tokens,
             **self._memory_status(),
             "questions answered": self.answered,
@@ -188,8 +206,10 @@ class LanguageWorker:
             "questions waiting": len(self._questions),
             "mean answer latency ms": round(self.answer_ms.mean(), 1),
             "captions": self.captions,
-            "frames or questions failed": self.failed,
+            "frames or questions failed": self.failed + self._change.failed,
             **self.stage.timeline.status(),
+            "settings changes applied": self._change.applied,
+            **settings_status(self.stage.cfg, ("language", "stream")),
         }
 
     def _memory_status(self) -> dict[str, Any]:
@@ -213,9 +233,11 @@ class LanguageWorker:
         before it, or None when stopping."""
         with self._cond:
             while self._running and not self._frames and not self._questions:
+                self._change.take()  # idle: take a change now rather than with the next item
                 self._cond.wait()
             if not self._running:
                 return None
+            self._change.take()  # between items: nothing else touches the stage now
             take_frame = self._frames and (not self._questions or self._frames[0][0] < self._questions[0][0])
             _, item, arrived, reset = (self._frames if take_frame else self._questions).popleft()
             return item, arrived, reset

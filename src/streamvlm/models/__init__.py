@@ -13,8 +13,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from streamvlm.config import ModelConfig
-from streamvlm.models.base import VisionLanguageModel, VisionTower
+from streamvlm.models.base import ModelConfig, VisionLanguageModel, VisionTower
 from streamvlm.models.edge import EDGE, ensure_edge
 from streamvlm.models.eval_model import EVAL, ensure_eval
 from streamvlm.models.prompt import PromptFormat

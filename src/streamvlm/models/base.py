@@ -13,7 +13,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from streamvlm.fields import check, setting
+from streamvlm.models.decoder import LanguageDecoder
 from streamvlm.models.prompt import PromptFormat
+from streamvlm.models.siglip import SiglipLayer
+
+DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """`model.*`: which weights to load and how to run them. Fixed while running."""
+
+    name: str = setting(DEFAULT_MODEL, "HF model id, local directory, or 'tiny'", read_only=True)
+    dtype: str = setting("float32", "weights and activations", choices=("float32", "bfloat16", "float16"),
+                         read_only=True)
+    device: str = setting("cpu", "torch device: cpu, cuda, cuda:1...", read_only=True)
+    fallback_to_tiny: bool = setting(True, "use the tiny random model when `name` cannot be loaded", read_only=True)
+
+    def __post_init__(self):
+        check(self)
 
 
 @dataclass(frozen=True)
@@ -25,7 +44,7 @@ class VisionTower:
     """
 
     embed: nn.Module  # pixels [B, 3, H, W] -> [B, P, C]
-    layers: tuple[nn.Module, ...]  # each [B, P, C] -> [B, P, C], called as layer(x, None)
+    layers: tuple[SiglipLayer, ...]  # each [B, P, C] -> [B, P, C]: the layer's pieces (models.siglip)
     feature_layers: tuple[int, ...]  # non-negative indices into hidden_states
     patch_grid: tuple[int, int]  # (rows, cols) of patches, P = rows * cols
 
@@ -64,9 +83,15 @@ class VisionLanguageModel(ABC):
     def lm_head(self) -> nn.Module:
         """Hidden states [B, T, D] -> logits [B, T, V]."""
 
+    @property
+    @abstractmethod
+    def language(self) -> LanguageDecoder:
+        """The decoder's pieces as the streaming engine runs them (`models.decoder`), built by
+        the family's adapter, which refuses a decoder it cannot run."""
+
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Token ids [B, T] -> embeddings [B, T, D]."""
-        return self.decoder.get_input_embeddings()(token_ids.to(self.device))
+        return self.language.embed(token_ids.to(self.device))
 
     def tokenize(self, text: str) -> torch.Tensor:
         """Text -> token ids [1, T] (no special tokens added; the prompt format holds them)."""

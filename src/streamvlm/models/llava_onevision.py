@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ from PIL import Image
 from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
 
 from streamvlm.models.base import VisionLanguageModel, VisionTower
+from streamvlm.models.decoder import LlamaStyleDecoder
 from streamvlm.models.prompt import PromptFormat
+from streamvlm.models.siglip import SiglipLayer
 
 _CHATML_STOP = ("<|im_end|>",)
 
@@ -43,7 +46,7 @@ class LlavaOnevisionAdapter(VisionLanguageModel):
     def _split_tower(self) -> VisionTower:
         tower = self.hf_model.model.vision_tower
         vision = getattr(tower, "vision_model", tower)  # transformers 4 nests it, 5 does not
-        layers = tuple(vision.encoder.layers)
+        layers = tuple(SiglipLayer(layer) for layer in vision.encoder.layers)
         config = self.hf_model.config
         if config.vision_feature_select_strategy != "full":
             raise NotImplementedError("only vision_feature_select_strategy='full' (SigLIP has no CLS token)")
@@ -80,6 +83,10 @@ class LlavaOnevisionAdapter(VisionLanguageModel):
     @property
     def lm_head(self):
         return self.hf_model.lm_head
+
+    @cached_property
+    def language(self) -> LlamaStyleDecoder:
+        return LlamaStyleDecoder(self.decoder)  # LLaVA-OneVision's decoder is Qwen2
 
 
 def _frame_marker(model_dir: Path) -> str:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from streamvlm.models.decoder import LanguageDecoder, LlamaStyleDecoder
 from streamvlm.models.tiny import build_once, cache_root
 
 SMOLLM2 = "smollm2"
@@ -37,6 +39,11 @@ class TextLM:
     @property
     def lm_head(self) -> nn.Module:
         return self.hf_model.lm_head
+
+    @cached_property
+    def language(self) -> LanguageDecoder:
+        """The decoder as the streaming engine runs it (Llama, Qwen2 or Qwen3 causal LMs)."""
+        return LlamaStyleDecoder(self.decoder)
 
     def tokenize(self, text: str) -> torch.Tensor:
         """Text -> ids [T], no special tokens added."""

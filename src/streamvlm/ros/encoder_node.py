@@ -69,8 +69,9 @@ class EncoderNode(StageNode):
         self.worker = None  # the last reference to the stage, and with it the shared model's
 
     def reconfigure(self, cfg, settings) -> None:
+        # Validated here (a ValueError refuses the change); applied on the worker's thread.
         if self.worker is not None:
-            self.worker.stage.reconfigure(cfg)
+            self.worker.reconfigure(cfg)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         # A driver that leaves the stamp at zero gets the arrival time: frames still need an order.

@@ -100,8 +100,9 @@ class LlmNode(StageNode):
         self.worker = None
 
     def reconfigure(self, cfg, settings) -> None:
+        # Validated here (a ValueError refuses the change); applied on the worker's thread.
         if self.worker is not None:
-            self.worker.stage.reconfigure(cfg)
+            self.worker.reconfigure(cfg)
 
     def take_batch(self, batch: TokenBatch) -> None:
         """Tokens from the subscription or, in one process, straight from the encoder."""

@@ -31,6 +31,16 @@ def descriptor(name: str, default: Any, meta: Mapping[str, Any]) -> ParameterDes
     return desc
 
 
+def rename_legacy(node: Node, renamed: Mapping[str, str]) -> None:
+    """Overrides given under old names (a parameter file from before a rename) are taken
+    under their new names, with a warning; rclpy would otherwise ignore them silently."""
+    overrides = getattr(node, "_parameter_overrides", {})
+    for old, new in renamed.items():
+        if old in overrides and new not in overrides:
+            node.get_logger().warning(f"parameter {old} is now {new}; please rename it")
+            overrides[new] = Parameter(new, value=overrides.pop(old).value)
+
+
 def declare(node: Node, fields: Mapping[str, tuple[Any, Mapping[str, Any]]]) -> dict[str, Any]:
     """Declare every field as a parameter; returns the values in effect (defaults or overrides)."""
     values = {}

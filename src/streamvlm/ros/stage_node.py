@@ -26,6 +26,7 @@ class StageNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self.state_label = "unconfigured"
         self.configure_error = ""
+        params.rename_legacy(self, config.LEGACY_NAMES)
         node_values = params.declare(self, config.described(settings))
         self.settings = config.replace_checked(settings, node_values)
         flat = params.declare(self, config.described(config.PipelineConfig(), self.SECTIONS))

@@ -29,7 +29,8 @@ itself with every token dynamic (threshold below 0).
 
 `threshold` and `off` run a backend's two graphs (`backends.graphs`): the full frame, and
 the delta pass on a variable number of tokens over every layer's cached keys and values;
-torch, onnxruntime and TensorRT run the same two. `stc` runs the tower's modules in torch.
+torch, onnxruntime and TensorRT run the same two. `stc` runs the layers' pieces
+(`models.siglip.SiglipLayer`) in torch.
 """
 
 from __future__ import annotations
@@ -40,27 +41,32 @@ import torch
 import torch.nn.functional as F
 
 from streamvlm.backends.base import VisionBackend
-from streamvlm.backends.graphs import merge_heads, split_heads
 from streamvlm.backends.torch_backend import TorchBackend
+from streamvlm.fields import check, setting
 from streamvlm.models.base import VisionTower
+from streamvlm.models.siglip import LayerCache, SiglipLayer, merge_heads, patch_embedding_size
 
-MODES = ("off", "stc", "threshold")
+MODES = ("threshold", "stc", "off")
 
 
 @dataclass(frozen=True)
 class DeltaSettings:
-    mode: str = "threshold"
-    threshold: float = 0.03  # threshold mode: mean |change| of a patch, pixels in [0, 1]; < 0: all dynamic
-    drift_bound: float = 0.3  # threshold mode: share of tokens changed since the last full pass
-    full_above: float = 0.5  # threshold mode: run the full ViT when more tokens than this are dynamic
-    refresh: int = 2  # stc mode: full pass every `refresh` frames
-    update_ratio: float = 0.25  # stc mode: tokens recomputed per layer between refreshes
+    """`vision.delta.*`: how the ViT reuses work on unchanged patches."""
+
+    mode: str = setting("threshold", "reuse ViT work on unchanged patches: threshold (ours), stc (STC-Cacher) "
+                        "or off (the full ViT every frame)", choices=MODES)
+    threshold: float = setting(0.03, "threshold mode: a patch is recomputed when a quadrant's mean change passes "
+                               "this (pixels 0..1; below 0: every patch)", range=(-1.0, 1.0))
+    drift_bound: float = setting(0.3, "threshold mode: full ViT pass once this share of patches changed since the "
+                                 "last one (0: exact)", range=(0.0, 1.0))
+    full_above: float = setting(0.5, "threshold mode: full ViT pass when more than this share of patches changed",
+                                range=(0.0, 1.0))
+    refresh: int = setting(2, "stc mode: full pass every N frames", range=(1, 1000))
+    update_ratio: float = setting(0.25, "stc mode: share of tokens recomputed per layer between full passes",
+                                  range=(0.01, 1.0))
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"delta mode must be one of {', '.join(MODES)}; got {self.mode!r}")
-        if self.refresh < 1 or not 0 < self.update_ratio <= 1:
-            raise ValueError("stc needs refresh >= 1 and 0 < update_ratio <= 1")
+        check(self)
 
 
 @dataclass
@@ -74,41 +80,6 @@ class FrameWork:
     recomputed: torch.Tensor | None = field(default=None, compare=False)  # [P] share of layers recomputing each token
 
 
-class _Flops:
-    def __init__(self):
-        self.total = 0
-
-    def linear(self, rows: int, module) -> None:
-        self.total += 2 * rows * module.in_features * module.out_features
-
-    def attention(self, queries: int, keys: int, width: int) -> None:
-        self.total += 4 * queries * keys * width  # scores and the weighted sum
-
-
-def _mlp_flops(flops: _Flops, rows: int, mlp) -> None:
-    flops.linear(rows, mlp.fc1)
-    flops.linear(rows, mlp.fc2)
-
-
-def layer_full(layer, x: torch.Tensor, flops: _Flops) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One encoder layer on all tokens x [1, P, C] -> output and what the caches keep."""
-    attn = layer.self_attn
-    rows, width = x.shape[1], x.shape[2]
-    h = layer.layer_norm1(x)
-    q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)  # [1, P, C]
-    heads = attn.num_heads
-    out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
-                                         scale=attn.scale)
-    attn_out = attn.out_proj(merge_heads(out))
-    x = x + attn_out
-    mlp_out = layer.mlp(layer.layer_norm2(x))
-    for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
-        flops.linear(rows, proj)
-    flops.attention(rows, rows, width)
-    _mlp_flops(flops, rows, layer.mlp)
-    return x + mlp_out, {"keys": k, "values": v, "attn_out": attn_out, "mlp_out": mlp_out}
-
-
 class DeltaViT:
     """The tower's features for a stream of frames, reusing work between them (batch 1)."""
 
@@ -119,7 +90,7 @@ class DeltaViT:
         # threshold and off run the backend's full-frame and delta graphs; stc's per-layer
         # choice runs the tower's modules in torch.
         self.backend = backend if backend is not None else TorchBackend(tower)
-        self.patch = tower.embed.patch_embedding.kernel_size[0]
+        self.patch, self._embed_flops = patch_embedding_size(tower.embed)  # p, FLOPs per token
         self.last = FrameWork("full", 0, 0.0, 0)
         self.full_flops = 0  # FLOPs of one full pass, once known
         self.reset()
@@ -127,7 +98,7 @@ class DeltaViT:
     def reset(self) -> None:
         """Forget the reference: the next frame runs the full ViT."""
         self._frames = 0
-        self._caches: list[dict[str, torch.Tensor]] = []  # stc: per layer
+        self._caches: list[LayerCache] = []  # stc: per layer, from the last full pass
         self._features: dict[int, torch.Tensor] = {}  # stc: hidden_states index -> [1, P, C]
         self._output: torch.Tensor | None = None  # threshold, off: features [1, P, F]
         self._keys: torch.Tensor | None = None  # threshold: [L, 1, H, P, d]
@@ -165,30 +136,20 @@ class DeltaViT:
 
     def _graph_flops(self, rows: int, total: int) -> int:
         """FLOPs of the graphs for `rows` tokens recomputed of `total` (all: the full graph)."""
-        flops = _Flops()
-        flops.linear(total, _PatchAsLinear(self.tower.embed.patch_embedding))
-        for layer in self.tower.layers:
-            attn = layer.self_attn
-            for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
-                flops.linear(rows, proj)
-            flops.attention(rows, total, attn.q_proj.in_features)
-            _mlp_flops(flops, rows, layer.mlp)
-        return flops.total
+        return total * self._embed_flops + sum(layer.flops(rows, total) for layer in self.tower.layers)
 
     def _full_stc(self, pixels: torch.Tensor) -> None:
-        flops = _Flops()
         x = self.tower.embed(pixels)
-        flops.linear(x.shape[1], _PatchAsLinear(self.tower.embed.patch_embedding))
         wanted = set(self.tower.feature_layers)
-        keep = ("keys", "values", "attn_out", "mlp_out")
         self._caches, self._features = [], {0: x} if 0 in wanted else {}
         for index, layer in enumerate(self.tower.layers, start=1):
-            x, cache = layer_full(layer, x, flops)
-            self._caches.append({name: cache[name] for name in keep})
+            x, cache = layer.full(x)
+            self._caches.append(cache)
             if index in wanted:
                 self._features[index] = x
-        self.full_flops = flops.total
-        self.last = FrameWork("full", x.shape[1], 0.0, flops.total, torch.ones(x.shape[1], device=x.device))
+        total = x.shape[1]
+        self.full_flops = self._graph_flops(total, total)
+        self.last = FrameWork("full", total, 0.0, self.full_flops, torch.ones(total, device=x.device))
 
     def _threshold(self, pixels: torch.Tensor) -> None:
         s = self.settings
@@ -241,50 +202,28 @@ class DeltaViT:
         s = self.settings
         if not self._caches or self._frames % s.refresh == 0:
             return self._full_stc(pixels)
-        flops = _Flops()
         x = self.tower.embed(pixels)
         total = x.shape[1]
-        flops.linear(total, _PatchAsLinear(self.tower.embed.patch_embedding))
+        flops = total * self._embed_flops
         chosen = max(1, min(total, int(total * s.update_ratio)))
         features = {0: x} if 0 in self._features else {}
         recomputed = torch.zeros(total, device=x.device)
         for layer_index, (layer, ref) in enumerate(zip(self.tower.layers, self._caches), start=1):
-            x, index = _stc_layer(layer, x, ref, chosen, flops)
+            x, index = _stc_layer(layer, x, ref, chosen)
+            flops += layer.flops(chosen, total, key_rows=total)  # every token's key, the chosen's rest
             recomputed[index] += 1.0 / len(self._caches)
             if layer_index in self._features:
                 features[layer_index] = x
         self._features.update(features)
-        self.last = FrameWork("partial", chosen, 1.0 - chosen / total, flops.total, recomputed)
+        self.last = FrameWork("partial", chosen, 1.0 - chosen / total, flops, recomputed)
         return None
 
 
-def _stc_layer(layer, x: torch.Tensor, ref: dict[str, torch.Tensor], chosen: int,
-               flops: _Flops) -> tuple[torch.Tensor, torch.Tensor]:
-    """STC-Cacher's layer between refreshes: x [1, P, C] -> [1, P, C], and the tokens chosen [n]."""
-    attn = layer.self_attn
-    heads, total, width = attn.num_heads, x.shape[1], x.shape[2]
-    h = layer.layer_norm1(x)
-    k = attn.k_proj(h)  # every token's key, to find the ones that moved
-    similarity = F.cosine_similarity(k, ref["keys"], dim=-1)[0]  # [P]
+def _stc_layer(layer: SiglipLayer, x: torch.Tensor, ref: LayerCache,
+               chosen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """STC-Cacher's layer between refreshes: x [1, P, C] -> [1, P, C], and the tokens chosen [n]:
+    those whose key moved most from the reference (lowest cosine similarity) are recomputed."""
+    h, k = layer.normed_keys(x)  # every token's key [1, P, C], to find the ones that moved
+    similarity = F.cosine_similarity(k, merge_heads(ref.keys), dim=-1)[0]  # [P]
     index = torch.topk(similarity, chosen, largest=False).indices.sort().values  # [n]
-    h_sel = h.index_select(1, index)
-    q = split_heads(attn.q_proj(h_sel), heads)
-    v = ref["values"].index_copy(1, index, attn.v_proj(h_sel))
-    out = F.scaled_dot_product_attention(q, split_heads(k, heads), split_heads(v, heads), scale=attn.scale)
-    attn_out = ref["attn_out"].index_copy(1, index, attn.out_proj(merge_heads(out)))
-    x = x + attn_out
-    mlp_out = ref["mlp_out"].index_copy(1, index, layer.mlp(layer.layer_norm2(x.index_select(1, index))))
-    flops.linear(total, attn.k_proj)
-    for proj in (attn.q_proj, attn.v_proj, attn.out_proj):
-        flops.linear(chosen, proj)
-    flops.attention(chosen, total, width)
-    _mlp_flops(flops, chosen, layer.mlp)
-    return x + mlp_out, index
-
-
-class _PatchAsLinear:
-    """A patch-embedding convolution's size, as the linear map over patches that it is."""
-
-    def __init__(self, conv):
-        self.in_features = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-        self.out_features = conv.out_channels
+    return layer.partial(x, h, k, index, ref), index

@@ -22,7 +22,7 @@ class VisionEncoder:
         hidden = self.tower.embed(pixels)  # [B, P, C]
         kept = {0: hidden} if 0 in self._wanted else {}
         for index, layer in enumerate(self.tower.layers, start=1):
-            hidden = layer(hidden, None)
+            hidden = layer(hidden)
             if index in self._wanted:
                 kept[index] = hidden
         return torch.cat([kept[i] for i in self.tower.feature_layers], dim=-1)

@@ -33,26 +33,32 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from streamvlm.fields import check, setting
+
 MODES = ("adaptive", "stc", "off")
 STC_KERNEL_WIDTHS = tuple(2.0 ** k for k in range(-3, 2))  # STC's alphas: 1/8 .. 2
 
 
 @dataclass(frozen=True)
 class PruneSettings:
-    mode: str = "adaptive"
-    keep_tokens: int = 60  # stc: tokens kept per frame (STC keeps 60 of LLaVA-OneVision's 196)
-    min_tokens: int = 4  # adaptive: floor per frame
-    max_tokens: int = 98  # adaptive: ceiling per frame
-    novelty: float = 0.02  # adaptive: cosine distance from a cell's last sent token that counts as a change
-    refresh_s: float = 12.0  # adaptive: a cell is sent again once the LLM's copy is this old (0: never)
+    """`vision.prune.*`: which of a frame's tokens go to the LLM."""
+
+    mode: str = setting("adaptive", "drop redundant visual tokens before the LLM: adaptive (ours), stc "
+                        "(STC-Pruner) or off", choices=MODES)
+    keep_tokens: int = setting(60, "stc mode: tokens kept per frame (STC: 60 of LLaVA-OneVision's 196)",
+                               range=(1, 1 << 20))
+    min_tokens: int = setting(4, "adaptive mode: fewest tokens a frame sends", range=(1, 1 << 20))
+    max_tokens: int = setting(98, "adaptive mode: most tokens a frame sends", range=(1, 1 << 20))
+    novelty: float = setting(0.02, "adaptive mode: a token is sent when it moved this far (cosine distance) from "
+                             "the last one sent from its grid cell", range=(0.0, 2.0))
+    refresh_s: float = setting(12.0, "adaptive mode: every grid cell is sent again at least this often, so the "
+                               "LLM's vision window keeps a whole view (keep it below language.cache.vision_window_s;"
+                               " 0: never)", range=(0.0, 86400.0))
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"prune mode must be one of {', '.join(MODES)}; got {self.mode!r}")
-        if self.keep_tokens < 1 or self.min_tokens < 1 or self.max_tokens < self.min_tokens:
-            raise ValueError(f"need keep_tokens >= 1 and 1 <= min_tokens <= max_tokens; got {self}")
-        if self.novelty < 0 or self.refresh_s < 0:
-            raise ValueError(f"novelty and refresh_s must be >= 0; got {self}")
+        check(self)
+        if self.max_tokens < self.min_tokens:
+            raise ValueError(f"prune min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
 
 
 @dataclass

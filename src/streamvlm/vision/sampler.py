@@ -19,6 +19,7 @@ class FrameSampler:
     def __init__(self, fps: float):
         if fps < 0:
             raise ValueError(f"fps must be >= 0, got {fps}")
+        self.fps = fps
         self.period_ns = round(1e9 / fps) if fps > 0 else 0
         self._origin_ns: int | None = None
         self._seen_ns: int | None = None  # the previous frame, kept or not

@@ -6,33 +6,22 @@ import numpy as np
 import torch
 
 from streamvlm.backends import make_backend
-from streamvlm.config import PipelineConfig, VisionConfig
+from streamvlm.config import PipelineConfig
 from streamvlm.models import VisionLanguageModel, load_model
 from streamvlm.timeline import Timeline
 from streamvlm.types import TokenBatch
-from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
-from streamvlm.vision.pruner import PruneSettings, TokenPruner
+from streamvlm.vision.delta_cache import DeltaViT
+from streamvlm.vision.pruner import TokenPruner
 from streamvlm.vision.sampler import FrameSampler
-
-
-def delta_settings(cfg: VisionConfig) -> DeltaSettings:
-    return DeltaSettings(cfg.delta_mode, cfg.delta_threshold, cfg.delta_drift_bound, cfg.delta_full_above,
-                         cfg.stc_refresh, cfg.stc_update_ratio)
-
-
-def prune_settings(cfg: VisionConfig) -> PruneSettings:
-    return PruneSettings(cfg.prune_mode, cfg.prune_keep_tokens, cfg.prune_min_tokens, cfg.prune_max_tokens,
-                         cfg.prune_novelty, cfg.prune_refresh_s)
 
 
 class VisionStage:
     def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel):
         self.cfg = cfg
         self.model = model
-        v = cfg.vision
-        backend = make_backend(v.backend, model.tower, model.name, v.engines_dir, v.torch_compile, v.trt_precision)
-        self.encoder = DeltaViT(model.tower, delta_settings(v), backend)  # mode "off": the full ViT every frame
-        self.pruner = TokenPruner(prune_settings(cfg.vision))
+        backend = make_backend(cfg.vision.backend, model.tower, model.name)
+        self.encoder = DeltaViT(model.tower, cfg.vision.delta, backend)  # mode "off": the full ViT every frame
+        self.pruner = TokenPruner(cfg.vision.prune)
         self.sampler = FrameSampler(cfg.vision.fps)
         self.timeline = Timeline(cfg.stream)  # applied by whoever receives the frames (worker, pipeline)
         self.frames_seen = 0
@@ -42,23 +31,31 @@ class VisionStage:
     def from_config(cls, cfg: PipelineConfig, model: VisionLanguageModel | None = None) -> "VisionStage":
         return cls(cfg, model if model is not None else load_model(cfg.model))
 
-    def reconfigure(self, cfg: PipelineConfig) -> None:
-        """Take new run-time settings (the model section cannot change while running)."""
+    def check_change(self, cfg: PipelineConfig) -> None:
+        """Raise ValueError when `cfg` cannot be taken while running (the model and the backend
+        are fixed); the settings sections validated themselves when `cfg` was built."""
         if cfg.model != self.cfg.model:
             raise ValueError("the model settings are fixed while running; reconfigure the node to change them")
-        for name in ("backend", "engines_dir", "torch_compile", "trt_precision"):
-            if getattr(cfg.vision, name) != getattr(self.cfg.vision, name):
-                raise ValueError(f"vision.{name} is fixed while running; reconfigure the node to change it")
-        pruning = prune_settings(cfg.vision)  # raises ValueError on inconsistent sizes, before any change
-        settings = delta_settings(cfg.vision)
-        if cfg.vision.fps != self.cfg.vision.fps:
+        if cfg.vision.backend != self.cfg.vision.backend:
+            raise ValueError("vision.backend.* is fixed while running; reconfigure the node to change it")
+
+    def retime(self, cfg: PipelineConfig) -> None:
+        """The parts of a change that whoever admits frames applies, under its own lock: the
+        sampling rate and the time policy (a worker's `submit` reads them on the camera's thread)."""
+        if cfg.vision.fps != self.sampler.fps:
             self.sampler = FrameSampler(cfg.vision.fps)
-        if pruning != self.pruner.settings:
-            self.pruner = TokenPruner(pruning)
-        if settings != self.encoder.settings:
-            self.encoder.settings = settings
-            self.encoder.reset()  # the next frame is a full pass under the new settings
         self.timeline.cfg = cfg.stream
+
+    def reconfigure(self, cfg: PipelineConfig) -> None:
+        """Take new run-time settings, between frames, on the thread that encodes them. Each
+        component's settings object is swapped whole."""
+        self.check_change(cfg)
+        self.retime(cfg)
+        if cfg.vision.prune != self.pruner.settings:
+            self.pruner = TokenPruner(cfg.vision.prune)
+        if cfg.vision.delta != self.encoder.settings:
+            self.encoder.settings = cfg.vision.delta
+            self.encoder.reset()  # the next frame is a full pass under the new settings
         self.cfg = cfg
 
     def reset(self) -> None:

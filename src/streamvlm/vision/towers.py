@@ -13,6 +13,7 @@ import torch
 
 from streamvlm.models.base import VisionTower
 from streamvlm.models.llava_onevision import PixelSpec
+from streamvlm.models.siglip import SiglipLayer
 
 # name -> (hidden, mlp, layers, heads)
 SIZES = {
@@ -35,7 +36,8 @@ def random_siglip(size: str, dtype: torch.dtype = torch.float32, seed: int = 0, 
     model = SiglipVisionModel(config).to(device, dtype).eval()
     vision = getattr(model, "vision_model", model)  # transformers 4 nests it, 5 does not
     side = IMAGE_SIZE // PATCH
-    return VisionTower(vision.embeddings, tuple(vision.encoder.layers), (layers,), (side, side))
+    return VisionTower(vision.embeddings, tuple(SiglipLayer(layer) for layer in vision.encoder.layers), (layers,),
+                       (side, side))
 
 
 def siglip_pixels(frame_rgb: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -8,6 +8,10 @@ the worker took it replaces it (counted in `dropped_busy`). This is the drop-old
 depth-one queue of ROS image_pipeline's camera_calibration, without any ROS types: the
 caller supplies `decode` for whatever its frames are (a sensor_msgs/Image, a file...).
 
+Run-time settings changes (`reconfigure`) are validated at once, on the caller's thread,
+so a bad one is refused with its reason; they are applied on the worker thread between
+two frames, because the delta cache and the pruner are in use while a frame is encoded.
+
 Stamps go through the stage's Timeline first: late frames are dropped, and a time jump
 either resets the stream (the worker thread resets the stage before the jump's frame) or
 continues with shifted stamps (see timeline.py).
@@ -22,8 +26,10 @@ from typing import Any, Callable, Generic, TypeVar
 
 import numpy as np
 
+from streamvlm.config import PipelineConfig, settings_status
 from streamvlm.image import ImageError
 from streamvlm.metrics import RecentValues, ThrottledLog
+from streamvlm.pending import PendingChange
 from streamvlm.timeline import RESET
 from streamvlm.types import TokenBatch
 from streamvlm.vision.stage import VisionStage
@@ -41,6 +47,7 @@ class VisionWorker(Generic[Item]):
         self._warn = ThrottledLog(warn)
         self._slot: tuple[int, Item, float] | None = None  # stamp, frame, monotonic arrival
         self._reset_pending = False  # a new stream began: reset the stage before the next frame
+        self._change = PendingChange(stage.reconfigure, self._warn)  # settings to take before the next frame
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -74,6 +81,17 @@ class VisionWorker(Generic[Item]):
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        with self._cond:
+            self._change.take()  # no thread uses the stage now
+
+    def reconfigure(self, cfg: PipelineConfig) -> None:
+        """Take new run-time settings: refused now with ValueError, or applied between frames.
+        The sampling rate and time policy apply at once (`submit` reads them under the lock)."""
+        self.stage.check_change(cfg)
+        with self._cond:
+            self.stage.retime(cfg)
+            self._change.offer(cfg, idle=self._thread is None)
+            self._cond.notify()
 
     def submit(self, stamp_ns: int, item: Item) -> bool:
         """Offer a camera frame; returns at once. True when it was taken for encoding."""
@@ -114,7 +132,7 @@ class VisionWorker(Generic[Item]):
             "frames dropped (busy)": self.dropped_busy,
             "frames dropped (late)": self.dropped_late,
             "frames dropped (invalid)": self.dropped_invalid,
-            "frames failed": self.failed,
+            "frames failed": self.failed + self._change.failed,
             "ms per frame p50": round(self.ms_per_frame.percentile(50), 1),
             "ms per frame p95": round(self.ms_per_frame.percentile(95), 1),
             "ms waiting p95": round(self.ms_waiting.percentile(95), 1),
@@ -122,15 +140,20 @@ class VisionWorker(Generic[Item]):
             "changed token share": round(self.novelty.mean(), 3),
             "delta-cache reuse ratio": round(self.reuse_ratio.mean(), 3),
             **self.stage.timeline.status(),
+            "settings changes applied": self._change.applied,
+            **settings_status(self.stage.cfg, ("vision", "stream")),
         }
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._running and self._slot is None:
+                while self._running and self._slot is None and not self._change.waiting:
                     self._cond.wait()
                 if not self._running:
                     return
+                self._change.take()  # between frames: nothing else touches the stage now
+                if self._slot is None:
+                    continue
                 stamp_ns, item, arrived = self._slot
                 self._slot = None
                 reset, self._reset_pending = self._reset_pending, False

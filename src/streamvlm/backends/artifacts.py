@@ -1,18 +1,51 @@
-"""The manifest written beside a TensorRT engine, and the check made before loading one.
+"""The files `streamvlm export` writes and the onnxruntime and TensorRT backends read.
+
+Layout: `<engines_dir>/<model_dir_name(model)>/` holds the two ONNX graphs (FULL, DELTA),
+`onnx.json` (INFO: the model, grid, each file's sha256, the measured error), and per
+precision a TensorRT engine per graph (ENGINE) with its manifest (MANIFEST).
 
 A TensorRT engine is only valid for the ONNX graph, TensorRT version and GPU it was built
 with; loading it anywhere else fails obscurely or silently computes the wrong thing. The
 manifest records those, and `check` refuses a mismatch with the command that rebuilds it.
+Kept apart from `export` so that the backends never import the exporter.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+FULL, DELTA, INFO = "vision_full.onnx", "vision_delta.onnx", "onnx.json"
 MANIFEST = "trt_{precision}.json"
 ENGINE = "vision_{graph}.{precision}.engine"
+
+
+def model_dir_name(model_id: str) -> str:
+    """A directory name for a model id (an HF id's slash becomes '--')."""
+    return model_id.strip("/").replace("/", "--").replace(":", "-")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def require_tensorrt():
+    """The tensorrt module, when TensorRT and a CUDA GPU are both really there."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("TensorRT needs a CUDA GPU and none is available here; use the onnxruntime or torch backend")
+    try:
+        import tensorrt
+    except ImportError:
+        raise RuntimeError("the tensorrt Python package is not installed (on a Jetson it comes with JetPack)") from None
+    return tensorrt
 
 
 class ManifestMismatch(RuntimeError):
