@@ -110,3 +110,12 @@ def test_counted_flops_of_a_full_pass(tiny_model):
     per_layer = 2 * patches * (4 * width * width + 2 * width * mlp) + 4 * patches * patches * width
     embed = 2 * patches * 3 * 14 * 14 * width
     assert delta.last.flops == embed + len(tower.layers) * per_layer
+
+
+def test_a_key_frame_comes_every_n_frames_even_on_a_still_scene(tiny_model):
+    tower, preprocess = tiny_model.tower, tiny_model.preprocess
+    still = _scene(1)[0]
+    results = _run(tower, preprocess, DeltaSettings(keyframe_every=3), [still] * 7)
+    assert [w.kind for _, _, w in results] == ["full", "reused", "reused", "full", "reused", "reused", "full"]
+    never = _run(tower, preprocess, DeltaSettings(), [still] * 7)
+    assert [w.kind for _, _, w in never].count("full") == 1

@@ -61,6 +61,9 @@ class DeltaSettings:
                                  "last one (0: exact)", range=(0.0, 1.0))
     full_above: float = setting(0.5, "threshold mode: full ViT pass when more than this share of patches changed",
                                 range=(0.0, 1.0))
+    keyframe_every: int = setting(0, "threshold mode: a full ViT pass at least every N frames whatever changed, as "
+                                  "a video codec's key frame, bounding how long any approximation lives (0: only "
+                                  "when change or drift asks for one)", range=(0, 1 << 20))
     refresh: int = setting(2, "stc mode: full pass every N frames", range=(1, 1000))
     update_ratio: float = setting(0.25, "stc mode: share of tokens recomputed per layer between full passes",
                                   range=(0.01, 1.0))
@@ -105,6 +108,7 @@ class DeltaViT:
         self._values: torch.Tensor | None = None
         self._ref_patches: torch.Tensor | None = None  # [P, 3*p*p] pixels each token's cache was made from
         self._touched: torch.Tensor | None = None  # [P] bool, changed since the last full pass
+        self._since_full = 0  # threshold: frames since the last full pass
 
     @torch.inference_mode()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -131,6 +135,7 @@ class DeltaViT:
             self._keys, self._values = keys, values
             self._ref_patches = self.patches(pixels)
         self._touched = torch.zeros(total, dtype=torch.bool, device=features.device)
+        self._since_full = 0
         self.full_flops = self._graph_flops(total, total)
         self.last = FrameWork("full", total, 0.0, self.full_flops, torch.ones(total, device=features.device))
 
@@ -153,7 +158,10 @@ class DeltaViT:
 
     def _threshold(self, pixels: torch.Tensor) -> None:
         s = self.settings
-        if self._ref_patches is None:
+        self._since_full += 1
+        # A change below the threshold everywhere (light, a lens film) never trips it, nor
+        # does error a low-precision backend leaves in the cache: a key frame bounds both.
+        if self._ref_patches is None or 0 < s.keyframe_every <= self._since_full:
             return self._full(pixels)
         patches = self.patches(pixels)
         change = self._change(patches)  # [P]
