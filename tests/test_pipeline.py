@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from streamvlm.config import PipelineConfig
 from streamvlm.pipeline import StreamingVLM
 
@@ -38,3 +40,15 @@ def test_late_frames_are_counted_drops(tiny_model, frames):
     vlm.push(frames[1], 5 * S - S // 2)  # swapped in transit: within stream.max_reorder_s
     vlm.push(frames[2], 5 * S)  # a repeated stamp
     assert vlm.dropped_late == 2 and vlm.language.frame_stamps == [5 * S]
+
+
+def test_a_pipeline_takes_new_settings_whole_or_not_at_all(tiny_model, frames):
+    vlm = StreamingVLM(PipelineConfig().replace(model={"name": "tiny"}, vision={"fps": 0.0}), tiny_model)
+    vlm.push(frames[0], 10**9)
+    vlm.reconfigure(vlm.cfg.replace(vision={"prune.mode": "stc"}, language={"memory.top_k": 0}))
+    assert vlm.vision.pruner.settings.mode == "stc" and vlm.language.memory is None
+    with pytest.raises(ValueError, match="budget_tokens"):
+        vlm.reconfigure(vlm.cfg.replace(vision={"delta.mode": "off"}, language={"cache.budget_tokens": 100}))
+    assert vlm.vision.encoder.settings.mode == "threshold"  # refused by one stage: neither changed
+    vlm.push(frames[1], 2 * 10**9)
+    assert vlm.language.frame_stamps == [10**9, 2 * 10**9]  # and the stream goes on

@@ -51,6 +51,15 @@ class StreamingVLM:
         self.language.ingest(batch)
         return self.language.maybe_caption()
 
+    def reconfigure(self, cfg: PipelineConfig) -> None:
+        """Take new run-time settings between two frames (both stages check before either
+        changes: a change one stage refuses changes nothing)."""
+        self.vision.check_change(cfg)
+        self.language.check_change(cfg)
+        self.vision.reconfigure(cfg)
+        self.language.reconfigure(cfg)
+        self.cfg = cfg
+
     @property
     def dropped_late(self) -> int:
         """Frames older than the newest, within the reorder window (the timeline counts them)."""
