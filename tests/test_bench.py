@@ -118,8 +118,18 @@ def test_qa_runs_every_mode_on_the_same_questions():
     assert asked >= 6 and "needle" not in out["questions"]  # needles need a stream of 10 minutes
     for row in modes.values():
         assert row["questions"] == asked and 0.0 <= row["accuracy"] <= 1.0
-        assert set(row["by_type"]) == set(out["questions"])
+        assert set(row["by_type"]) == set(out["questions"]) == set(row["questions_by_type"])
+        low, high = row["interval"]["accuracy"]
+        assert low <= row["accuracy"] <= high and high - low > 0.1  # a handful of questions: a wide interval
+    assert modes["reference"]["retained_short_range"] in (1.0, None)
     assert set(out["chance"]) == set(out["questions"])
+
+
+def test_the_accuracy_interval_is_wilsons():
+    from streamvlm.bench.qa import wilson
+
+    assert wilson([1] * 8 + [0] * 2) == [0.4902, 0.9433]
+    assert wilson([1] * 300) == [0.9874, 1.0] and wilson([0] * 5)[0] == 0.0 and wilson([]) is None
 
 
 def test_soak_streams_through_both_workers_and_accounts_for_every_question():

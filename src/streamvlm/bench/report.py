@@ -45,6 +45,10 @@ def _machine_line(results: dict) -> str:
             f"{m['memory_gib']} GiB; {gpus}; torch {m['torch']}, transformers {m['transformers']}")
 
 
+def _interval(bounds) -> str | None:
+    return f"{bounds[0]:.2f}-{bounds[1]:.2f}" if bounds else None
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     def cell(value) -> str:
         if value is None:
@@ -136,10 +140,11 @@ def report(results: dict, plots: list[str]) -> str:
         lines += ["## Streaming QA accuracy (evaluation model), every mode on the same streams", "",
                   f"{r['streams']} stream(s) of {r['minutes']} min; questions {r['questions']}; "
                   f"chance (most common answer) {r['chance']}.", ""]
-        rows = [[mode, m["short_range"], m["accuracy"], m["tokens_per_frame"], m["context_tokens"], m["questions"]]
-                for mode, m in r["modes"].items()]
-        lines += _table(["mode", "short-range", "all", "tokens/frame", "context tokens at a question", "questions"],
-                        rows) + [""]
+        rows = [[mode, m["short_range"], _interval(m.get("interval", {}).get("short_range")),
+                 m.get("retained_short_range"), m["accuracy"], m["tokens_per_frame"], m["context_tokens"],
+                 m["questions"]] for mode, m in r["modes"].items()]
+        lines += _table(["mode", "short-range", "95% interval", "retained (vs reference)", "all", "tokens/frame",
+                         "context tokens at a question", "questions"], rows) + [""]
     for name, r in _steps(results, "e2e"):
         lines += [f"## End to end ({r['device']}): VisionStage + LanguageStage, captions on", "",
                   f"Model `{r['model']}` ({r['dtype']}), source {r['source']} at {r['fps']} fps, budget "
