@@ -71,3 +71,31 @@ def test_the_packaged_model_answers_questions_about_a_synthetic_stream():
         for question in (q for q in asked if q.frame == index):
             right.append(is_correct(question, vlm.ask(question.text).text))
     assert len(right) >= 10 and sum(right) >= 0.25 * len(right), right
+
+
+def test_a_training_stopped_and_resumed_gives_the_bytes_of_one_never_stopped(tmp_path):
+    """Over sessions: stopped at its first checkpoint of each stage and resumed each time,
+    training ends with the same weights as a straight run."""
+    from streamvlm.training.checkpoint import Checkpoints, Interrupted
+    from streamvlm.training.train_eval import TrainSettings, train
+
+    settings = TrainSettings(vision_scenes=2, vision_frames=8, vision_epochs=2, scenes=2, scene_frames=80,
+                             steps=4, questions=2, held_out=1)
+    quiet = lambda line: None  # noqa: E731
+    straight = train(settings, tmp_path / "straight.safetensors", say=quiet)
+    folder, sessions, resume = tmp_path / "checkpoint", 0, False
+    while True:  # every session stops at its first checkpoint (no time left), until training ends
+        sessions += 1
+        checkpoints = Checkpoints(folder, settings, max_seconds=0.0, every_steps=2)
+        try:
+            resumed = train(settings, tmp_path / "resumed.safetensors", say=quiet, checkpoints=checkpoints,
+                            resume=resume)
+            break
+        except Interrupted:
+            resume = True
+    # 2 epochs of stage 1 and 2 checkpoints of stage 2, each ending a session, then a last one.
+    assert sessions == 5
+    assert resumed["sha256"] == straight["sha256"] and resumed["seconds"] > 0
+    with pytest.raises(ValueError, match="other settings"):
+        train(TrainSettings(steps=5), tmp_path / "other.safetensors", say=quiet,
+              checkpoints=Checkpoints(folder, TrainSettings(steps=5)), resume=True)

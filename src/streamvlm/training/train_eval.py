@@ -28,6 +28,7 @@ from streamvlm.models.eval_model import FRAME_MARKER, LORA_TARGETS, VISION, buil
 from streamvlm.models.llava_onevision import PixelSpec
 from streamvlm.models.prompt import PromptFormat
 from streamvlm.synth import COLOURS, SHAPES, evaluation_scene
+from streamvlm.training.checkpoint import Checkpoints, module_states, restore_modules
 from streamvlm.training.lora import add_lora, lora_state
 from streamvlm.training.samples import CELLS, ContextMaker, FrameRef, pack
 
@@ -101,8 +102,12 @@ class Trainer:
 
     # --- stage 1 ------------------------------------------------------------------------
 
-    def train_vision(self) -> dict:
+    def train_vision(self, checkpoints: Checkpoints, state: dict | None = None) -> dict:
         s = self.s
+        modules = (self.inner.vision_tower, self.inner.multi_modal_projector)
+        if state is not None and state["stage"] == "language":  # stage 1 finished in an earlier session
+            restore_modules(state["vision"], *modules)
+            return state["vision_report"]
         rng = np.random.default_rng(s.seed)
         combos = [(c, sh) for c in COLOURS for sh in SHAPES]
         table = torch.stack([self.word("nothing")] + [self.word(c) + self.word(sh) for c, sh in combos])
@@ -123,8 +128,15 @@ class Trainer:
         optimizer = torch.optim.AdamW(params, lr=s.vision_lr, weight_decay=0.01)
         schedule = _cosine(optimizer, steps, warmup=50)
         generator = torch.Generator().manual_seed(s.seed)
-        start, step = time.perf_counter(), 0
-        for epoch in range(s.vision_epochs):
+        start, step, first_epoch, loss = time.perf_counter(), 0, 0, None
+        if state is not None:  # stage 1 in progress: go on after its last finished epoch
+            restore_modules(state["vision"], *modules)
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            generator.set_state(state["generator"])
+            first_epoch, loss = state["step"], torch.tensor(state["loss"])
+            step = first_epoch * math.ceil(len(picks) / batch)
+        for epoch in range(first_epoch, s.vision_epochs):
             order = torch.randperm(len(picks), generator=generator)
             for first in range(0, len(picks), batch):
                 rows = order[first:first + batch]
@@ -141,6 +153,9 @@ class Trainer:
                 step += 1
             self.say(f"stage 1: epoch {epoch + 1}/{s.vision_epochs} loss {loss.item():.4f} "
                      f"({time.perf_counter() - start:.0f} s)")
+            checkpoints.save("vision", epoch + 1, {
+                "vision": module_states(*modules), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "generator": generator.get_state(), "loss": loss.item()})
         for p in params:
             p.requires_grad_(False)
         held = [evaluation_scene(HELD_OUT + k, 300) for k in range(4)]
@@ -159,7 +174,7 @@ class Trainer:
 
     # --- stage 2 ------------------------------------------------------------------------
 
-    def train_language(self) -> dict:
+    def train_language(self, checkpoints: Checkpoints, vision_report: dict, state: dict | None = None) -> dict:
         s = self.s
         layers = self.inner.language_model.layers
         adapters = add_lora(layers, LORA_TARGETS, s.rank, s.alpha, s.seed)
@@ -175,8 +190,14 @@ class Trainer:
         scenes = {TRAIN_SEEDS + k: evaluation_scene(TRAIN_SEEDS + k, s.scene_frames) for k in range(s.scenes)}
         maker = ContextMaker(scenes, s.seed)
         self._scenes, self._features = dict(scenes), {}
-        start, losses = time.perf_counter(), []
-        for step in range(s.steps):
+        start, losses, first_step = time.perf_counter(), [], 0
+        if state is not None and state["stage"] == "language":  # go on after the last saved step
+            self._restore_language(state, adapters)
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            maker.rng.bit_generator.state = state["maker"]
+            losses, first_step = list(state["losses"]), state["step"]
+        for step in range(first_step, s.steps):
             packed = self._pack(maker.make(s.questions))
             loss = self._loss(packed)
             optimizer.zero_grad()
@@ -188,12 +209,28 @@ class Trainer:
             losses.append(loss.item())
             if (step + 1) % 50 == 0:
                 elapsed = time.perf_counter() - start
+                done = step + 1 - first_step
                 self.say(f"stage 2: step {step + 1}/{s.steps} loss {np.nanmean(losses[-50:]):.4f} "
-                         f"({elapsed:.0f} s, about {elapsed / (step + 1) * (s.steps - step - 1):.0f} s left)")
+                         f"({elapsed:.0f} s, about {elapsed / done * (s.steps - step - 1):.0f} s left)")
+            if (step + 1) % checkpoints.every_steps == 0 or step + 1 == s.steps:
+                checkpoints.save("language", step + 1, {
+                    "vision": module_states(self.inner.vision_tower, self.inner.multi_modal_projector),
+                    "vision_report": vision_report, "lora": [(a.A.detach().clone(), a.B.detach().clone())
+                                                             for a in adapters],
+                    "newline": self.inner.image_newline.detach().clone(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "maker": maker.rng.bit_generator.state, "losses": losses})
         for p in self.model.parameters():
             p.requires_grad_(False)
         return {"loss_last_100": round(float(np.nanmean(losses[-100:])), 5), "steps": s.steps,
                 "held_out": self.held_out()}
+
+    @torch.no_grad()
+    def _restore_language(self, state: dict, adapters) -> None:
+        restore_modules(state["vision"], self.inner.vision_tower, self.inner.multi_modal_projector)
+        for adapter, (a, b) in zip(adapters, state["lora"], strict=True):
+            adapter.A.copy_(a)
+            adapter.B.copy_(b)
+        self.inner.image_newline.copy_(state["newline"])
 
     def _frame_features(self, ref: FrameRef) -> torch.Tensor:
         key = (ref.scene, ref.index)
@@ -250,17 +287,25 @@ class Trainer:
         return parts
 
 
-def train(settings: TrainSettings, out: Path, say=print) -> dict:
+def train(settings: TrainSettings, out: Path, say=print, checkpoints: Checkpoints | None = None,
+          resume: bool = False) -> dict:
+    """Train and write the trained parts to `out`. With `checkpoints`, the state is saved as
+    training goes, and `resume` goes on from the last saved state (raises `Interrupted` when
+    the checkpoints' time is up)."""
     from safetensors.torch import save_file
 
-    start = time.perf_counter()
+    checkpoints = checkpoints or Checkpoints(None, settings)
     trainer = Trainer(settings, say)
-    vision = trainer.train_vision()
-    language = trainer.train_language()
+    state = checkpoints.load() if resume else None
+    if state is not None:
+        torch.set_rng_state(state["rng"])
+        say(f"resuming at {state['stage']} step {state['step']} ({state['seconds']:.0f} s trained before)")
+    vision = trainer.train_vision(checkpoints, state)
+    language = trainer.train_language(checkpoints, vision, state)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(trainer.trained_parts(), str(out))
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    return {"sha256": digest, "bytes": out.stat().st_size, "seconds": round(time.perf_counter() - start, 1),
+    return {"sha256": digest, "bytes": out.stat().st_size, "seconds": round(checkpoints.seconds, 1),
             "vision": vision, "language": language, "settings": asdict(settings),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
