@@ -3,6 +3,8 @@ training, and the packaged weights reading a synthetic stream."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -96,6 +98,10 @@ def test_a_training_stopped_and_resumed_gives_the_bytes_of_one_never_stopped(tmp
     # 2 epochs of stage 1 and 2 checkpoints of stage 2, each ending a session, then a last one.
     assert sessions == 5
     assert resumed["sha256"] == straight["sha256"] and resumed["seconds"] > 0
+    assert resumed["data_sha256"] == straight["data_sha256"] and len(straight["data_sha256"]) == 64
+    written = json.loads((tmp_path / "resumed.json").read_text())  # the manifest beside the weights
+    assert written["sha256"] == straight["sha256"] and written["settings"]["seed"] == 0
+    assert written["machine"]["torch_threads"] >= 1 and written["language"]["steps"] == 4
     with pytest.raises(ValueError, match="other settings"):
         train(TrainSettings(steps=5), tmp_path / "other.safetensors", say=quiet,
               checkpoints=Checkpoints(folder, TrainSettings(steps=5)), resume=True)

@@ -14,7 +14,9 @@ report prints their sha256). Different thread counts can change float sums, henc
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from streamvlm.machine import machine
 from streamvlm.models.eval_model import FRAME_MARKER, LORA_TARGETS, VISION, build, trainable_state
 from streamvlm.models.llava_onevision import PixelSpec
 from streamvlm.models.prompt import PromptFormat
@@ -69,6 +72,9 @@ class Trainer:
         self.embedding = self.inner.language_model.embed_tokens.weight
         self.stop_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self._ids: dict[str, torch.Tensor] = {}
+        # What the model was trained on, as one hash: stage 1's frames and labels, then each
+        # stage-2 context's frames and answer tokens, chained (resumable: it is a string).
+        self.data_sha256 = ""
         for p in self.model.parameters():
             p.requires_grad_(False)
 
@@ -80,6 +86,13 @@ class Trainer:
         if text not in self._ids:
             self._ids[text] = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         return self._ids[text]
+
+    def record(self, *parts: torch.Tensor | str) -> None:
+        """Chain training data into `data_sha256`."""
+        digest = hashlib.sha256(self.data_sha256.encode())
+        for part in parts:
+            digest.update(part.encode() if isinstance(part, str) else part.contiguous().numpy().tobytes())
+        self.data_sha256 = digest.hexdigest()
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embedding[ids]
@@ -107,6 +120,7 @@ class Trainer:
         modules = (self.inner.vision_tower, self.inner.multi_modal_projector)
         if state is not None and state["stage"] == "language":  # stage 1 finished in an earlier session
             restore_modules(state["vision"], *modules)
+            self.data_sha256 = state["data_sha256"]
             return state["vision_report"]
         rng = np.random.default_rng(s.seed)
         combos = [(c, sh) for c in COLOURS for sh in SHAPES]
@@ -120,6 +134,8 @@ class Trainer:
         for row, (k, i) in enumerate(picks):
             for obj in scenes[k].visible(i):
                 labels[row, scenes[k].cell_of(obj, i, (4, 4))] = label_of[(obj.colour, obj.shape)]
+        self.data_sha256 = ""
+        self.record(pixels, labels)
         params = list(self.inner.vision_tower.parameters()) + list(self.inner.multi_modal_projector.parameters())
         for p in params:
             p.requires_grad_(True)
@@ -197,8 +213,12 @@ class Trainer:
             schedule.load_state_dict(state["schedule"])
             maker.rng.bit_generator.state = state["maker"]
             losses, first_step = list(state["losses"]), state["step"]
+            self.data_sha256 = state["data_sha256"]
         for step in range(first_step, s.steps):
-            packed = self._pack(maker.make(s.questions))
+            context = maker.make(s.questions)
+            packed = self._pack(context)
+            self.record(packed.targets, repr([(r.scene, r.index, None if r.keep is None else list(r.keep))
+                                              for r in context.pieces if isinstance(r, FrameRef)]))
             loss = self._loss(packed)
             optimizer.zero_grad()
             loss.backward()
@@ -218,7 +238,8 @@ class Trainer:
                     "vision_report": vision_report, "lora": [(a.A.detach().clone(), a.B.detach().clone())
                                                              for a in adapters],
                     "newline": self.inner.image_newline.detach().clone(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "maker": maker.rng.bit_generator.state, "losses": losses})
+                    "schedule": schedule.state_dict(), "maker": maker.rng.bit_generator.state, "losses": losses,
+                    "data_sha256": self.data_sha256})
         for p in self.model.parameters():
             p.requires_grad_(False)
         return {"loss_last_100": round(float(np.nanmean(losses[-100:])), 5), "steps": s.steps,
@@ -304,10 +325,17 @@ def train(settings: TrainSettings, out: Path, say=print, checkpoints: Checkpoint
     language = trainer.train_language(checkpoints, vision, state)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(trainer.trained_parts(), str(out))
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    return {"sha256": digest, "bytes": out.stat().st_size, "seconds": round(checkpoints.seconds, 1),
-            "vision": vision, "language": language, "settings": asdict(settings),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    report = {"weights": out.name, "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+              "bytes": out.stat().st_size, "data_sha256": trainer.data_sha256,
+              "seconds": round(checkpoints.seconds, 1), "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+              "vision": vision, "language": language, "settings": asdict(settings), "machine": machine()}
+    # The manifest beside the weights: how to make the same bytes again, and what they score.
+    manifest(out).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def manifest(weights: Path) -> Path:
+    return weights.with_suffix(".json")
 
 
 def _cosine(optimizer, steps: int, warmup: int):
