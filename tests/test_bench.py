@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from conftest import ROOT
 from test_cli import streamvlm
 
@@ -140,3 +142,21 @@ def test_soak_streams_through_both_workers_and_accounts_for_every_question():
     assert out["answered"] + out["rejected"] == 3 * 21 and out["lost"] == 0 and out["crashes"] == 0
     assert out["answered"] >= 3 * 8 and out["rejected_busy"] >= 1 and out["rejected"] >= 3 + out["rejected_busy"]
     assert out["captions"] >= 1 and out["kv_tokens"] <= 1024 and math.isfinite(out["rss_growth"])
+
+
+def test_a_sweep_runs_its_base_mode_once_per_value():
+    import argparse
+
+    from streamvlm.bench.qa import _plan
+    from streamvlm.config import PipelineConfig
+
+    args = argparse.Namespace(modes=["reference"], sweep=["language.memory.keep_ratio=0.1,1"],
+                              sweep_base="memory_retrieval")
+    plan = _plan(args, PipelineConfig())
+    assert list(plan) == ["reference", "language.memory.keep_ratio=0.1", "language.memory.keep_ratio=1"]
+    (low, low_long), (high, _) = plan["language.memory.keep_ratio=0.1"], plan["language.memory.keep_ratio=1"]
+    assert low.language.memory.keep_ratio == 0.1 and high.language.memory.keep_ratio == 1.0 and low_long
+    assert low.language.cache.budget_tokens > 0 and not plan["reference"][1]  # the base's bounded context
+    with pytest.raises(ValueError, match="keep_ratio"):
+        _plan(argparse.Namespace(modes=None, sweep=["language.memory.keep_ratio=0"], sweep_base="memory_retrieval"),
+              PipelineConfig())

@@ -23,9 +23,10 @@ import math
 import time
 
 import numpy as np
+import yaml
 
 from streamvlm.bench.measure import progress
-from streamvlm.config import PipelineConfig, load
+from streamvlm.config import PipelineConfig, from_flat, load
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.models import load_shared
 from streamvlm.synth.questions import KINDS, SHORT_RANGE, is_correct, stream_questions
@@ -51,10 +52,8 @@ LONG_RANGE_MODES = ("window_only", "sink_windows", "memory_retrieval")
 def run(args) -> dict:
     base = load(args.config).replace(model={"name": args.model, "fallback_to_tiny": False},
                                             language={"caption_interval_s": 0.0})
-    modes = args.modes or list(MODES)
-    unknown = sorted(set(modes) - set(MODES))
-    if unknown:
-        raise ValueError(f"unknown modes {unknown}; known: {list(MODES)}")
+    plan = _plan(args, base)  # mode -> (its config, whether it streams the whole stream)
+    modes = list(plan)
     frames = round(args.minutes * 60 * args.fps)
     short_until = min(frames, round(args.short_minutes * 60 * args.fps))
     streams = []
@@ -68,12 +67,11 @@ def run(args) -> dict:
     seconds: dict[str, float] = {}
     examples: dict[str, list[dict]] = {m: [] for m in modes}
     tokens: dict[str, dict[str, list[int]]] = {m: {"frame": [], "context": []} for m in modes}
-    for mode in modes:
-        cfg = base.replace(**MODES[mode])
+    for mode, (cfg, long_range) in plan.items():
         start = time.perf_counter()
         for scene, asked in streams:
-            last = scene.frames if mode in LONG_RANGE_MODES else short_until
-            todo = [q for q in asked if q.frame < last and (q.kind != "needle" or mode in LONG_RANGE_MODES)]
+            last = scene.frames if long_range else short_until
+            todo = [q for q in asked if q.frame < last and (q.kind != "needle" or long_range)]
             for question, reply in _answers(cfg, model, scene, todo, last, f"{mode} seed {scene.seed}", tokens[mode]):
                 ok = is_correct(question, reply)
                 scores[mode].setdefault(question.kind, []).append(int(ok))
@@ -81,6 +79,25 @@ def run(args) -> dict:
                     examples[mode].append({"q": question.text, "expected": question.answer, "got": reply})
         seconds[mode] = round(time.perf_counter() - start, 1)
     return _report(scores, seconds, examples, tokens, streams, args)
+
+
+def _plan(args, base: PipelineConfig) -> dict[str, tuple[PipelineConfig, bool]]:
+    """The modes to run: the named ones, then each `--sweep NAME=V1,V2` value as a mode of
+    its own, `--sweep-base` with that one setting changed (named `NAME=V`)."""
+    named = args.modes or ([] if args.sweep else list(MODES))
+    wanted = named + ([args.sweep_base] if args.sweep else [])
+    unknown = sorted(set(wanted) - set(MODES))
+    if unknown:
+        raise ValueError(f"unknown modes {unknown}; known: {list(MODES)}")
+    plan = {mode: (base.replace(**MODES[mode]), mode in LONG_RANGE_MODES) for mode in named}
+    for text in args.sweep or []:
+        name, sep, values = text.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--sweep wants NAME=V1,V2,...; got {text!r}")
+        for value in values.split(","):
+            cfg = from_flat({name: yaml.safe_load(value)}, base.replace(**MODES[args.sweep_base]))
+            plan[f"{name}={value}"] = (cfg, args.sweep_base in LONG_RANGE_MODES)
+    return plan
 
 
 def _answers(cfg: PipelineConfig, model, scene, questions, last: int, label: str, tokens: dict):
