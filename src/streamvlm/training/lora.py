@@ -15,11 +15,12 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.scale = alpha / rank
-        self.A = nn.Parameter(torch.empty(rank, base.in_features))
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
-        with torch.no_grad():
-            bound = 1 / math.sqrt(base.in_features)
-            self.A.uniform_(-bound, bound, generator=generator)
+        # Drawn on the CPU generator, then moved beside the base layer: the same A on any device.
+        bound = 1 / math.sqrt(base.in_features)
+        a = torch.empty(rank, base.in_features).uniform_(-bound, bound, generator=generator)
+        device = base.weight.device
+        self.A = nn.Parameter(a.to(device))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale

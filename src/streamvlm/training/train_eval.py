@@ -57,6 +57,9 @@ class TrainSettings:
     rank: int = 8
     alpha: float = 16.0
     held_out: int = 120
+    # cpu, or cuda on a lent GPU (minutes instead of an hour; CUDA kernels may sum in another
+    # order from run to run, so there the same seed gives close, not identical, weights).
+    device: str = "cpu"
 
 
 class Trainer:
@@ -64,7 +67,9 @@ class Trainer:
         self.s, self.say = settings, say
         torch.manual_seed(settings.seed)
         torch.set_num_threads(settings.threads)
+        self.device = torch.device(settings.device)
         self.model, self.tokenizer = build(None, settings.seed)
+        self.model.to(self.device)
         self.inner = self.model.model
         self.prompt = PromptFormat.from_chat_template(self.tokenizer, "<video>", ("<|im_end|>",), FRAME_MARKER)
         side = VISION["image_size"]
@@ -95,13 +100,13 @@ class Trainer:
         self.data_sha256 = digest.hexdigest()
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding[ids]
+        return self.embedding[ids.to(self.device)]
 
     def word(self, text: str) -> torch.Tensor:
         ids = self.tokenize(" " + text)
         if len(ids) != 1:
             raise ValueError(f"{text!r} is {len(ids)} tokens; the evaluation vocabulary needs single tokens")
-        return self.embedding[ids[0]]
+        return self.embedding[int(ids[0])]
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalized pixels [B, 3, S, S] -> the ViT's last hidden state [B, P, C] (LLaVA-OV's choice)."""
@@ -156,8 +161,8 @@ class Trainer:
             order = torch.randperm(len(picks), generator=generator)
             for first in range(0, len(picks), batch):
                 rows = order[first:first + batch]
-                tokens = self.project(self.features(pixels[rows]))  # [B, 16, D]
-                target = labels[rows]
+                tokens = self.project(self.features(pixels[rows].to(self.device)))  # [B, 16, D]
+                target = labels[rows].to(self.device)
                 # Regression onto the words' embeddings, plus a classification over the
                 # same table so that near-identical shape words are pulled apart.
                 nearness = -torch.cdist(tokens.reshape(-1, tokens.shape[-1]), table).square()
@@ -179,7 +184,7 @@ class Trainer:
         with torch.no_grad():
             for scene in held:
                 for i in range(0, 300, 10):
-                    tokens = self.project(self.features(self.render(scene, i)[None]))[0]
+                    tokens = self.project(self.features(self.render(scene, i)[None].to(self.device)))[0]
                     nearest = torch.cdist(tokens, table).argmin(dim=1)
                     for obj in scene.visible(i):
                         objects += 1
@@ -257,7 +262,8 @@ class Trainer:
         key = (ref.scene, ref.index)
         if key not in self._features:
             with torch.no_grad():
-                self._features[key] = self.features(self.render(self._scenes[ref.scene], ref.index)[None])[0]
+                pixels = self.render(self._scenes[ref.scene], ref.index)[None].to(self.device)
+                self._features[key] = self.features(pixels)[0]
         return self._features[key]
 
     def _pack(self, context):
@@ -268,11 +274,13 @@ class Trainer:
                     self.inner.image_newline, self.stop_id)
 
     def _logits(self, packed) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = torch.zeros(packed.mask.shape).masked_fill(~packed.mask, float("-inf"))[None, None]
-        hidden = self.inner.language_model(inputs_embeds=packed.embeds[None], position_ids=packed.positions[None],
+        allowed, targets = packed.mask.to(self.device), packed.targets.to(self.device)
+        mask = torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, float("-inf"))[None, None]
+        hidden = self.inner.language_model(inputs_embeds=packed.embeds[None],
+                                           position_ids=packed.positions.to(self.device)[None],
                                            attention_mask=mask).last_hidden_state[0]
-        where = packed.targets != -100
-        return self.model.lm_head(hidden[where]), packed.targets[where]
+        where = targets != -100
+        return self.model.lm_head(hidden[where]), targets[where]
 
     def _loss(self, packed) -> torch.Tensor:
         logits, targets = self._logits(packed)
@@ -301,9 +309,9 @@ class Trainer:
         return report
 
     def trained_parts(self) -> dict[str, torch.Tensor]:
-        parts = {k: v.detach().to(torch.float16).contiguous() for k, v in trainable_state(self.model).items()}
+        parts = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in trainable_state(self.model).items()}
         lora = lora_state(self.inner.language_model.layers, LORA_TARGETS)
-        parts.update({k: v.to(torch.float16 if k != "lora.scale" else torch.float32).contiguous()
+        parts.update({k: v.to("cpu", torch.float16 if k != "lora.scale" else torch.float32).contiguous()
                       for k, v in lora.items()})
         return parts
 
