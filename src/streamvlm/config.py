@@ -154,11 +154,8 @@ def replace_checked(section: Any, values: Mapping[str, Any]) -> Any:
         if type(value) is not type(default):
             raise ValueError(f"{label}.{key} must be {type(default).__name__}, got {value!r}")
         out[key] = value
-    # Settings dataclasses check their own ranges, choices and cross-field rules in
-    # __post_init__; checked here too for any dataclass that does not (the nodes' own).
-    changed = dataclasses.replace(section, **out)
-    check(changed)
-    return changed
+    # Every settings dataclass checks its ranges, choices and cross-field rules in __post_init__.
+    return dataclasses.replace(section, **out)
 
 
 def _nest(values: Mapping[str, Any]) -> dict[str, Any]:

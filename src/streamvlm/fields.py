@@ -36,10 +36,6 @@ def choices(settings_type: type, name: str) -> tuple[str, ...]:
     return _field(settings_type, name).metadata["choices"]
 
 
-def describe(settings_type: type, name: str) -> str:
-    return _field(settings_type, name).metadata.get("help", "")
-
-
 def check(settings: Any) -> None:
     """Raise ValueError when a field is outside its range or choices (called by each
     settings dataclass's __post_init__, so a bad value is refused however it was built)."""

@@ -65,8 +65,13 @@ class LanguageStage:
         self.check_change(cfg)
         language = cfg.language
         self.engine.retune(language.cache, language.memory, language.prefill_chunk_tokens)
-        self.timeline.cfg = cfg.stream
+        self.retime(cfg)
         self.cfg = cfg
+
+    def retime(self, cfg: PipelineConfig) -> None:
+        """The part of a change that whoever admits tokens applies under its own lock: the time
+        policy (a worker's `submit_batch` reads it on the receiving thread)."""
+        self.timeline.cfg = cfg.stream
 
     @property
     def context_tokens(self) -> int:

@@ -109,7 +109,7 @@ class LanguageWorker:
         frame or question. The time policy applies at once (`submit_batch` reads it under the lock)."""
         self.stage.check_change(cfg)
         with self._cond:
-            self.stage.timeline.cfg = cfg.stream
+            self.stage.retime(cfg)
             self._change.offer(cfg, idle=self._thread is None)
             self._cond.notify()
 
