@@ -30,7 +30,10 @@ EVAL = "eval"
 WEIGHTS_FILE = "eval_weights.safetensors"
 VISION = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
           "image_size": 128, "patch_size": 16}
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# LoRA on every linear of every decoder layer: attention finds the frames a question is
+# about, the MLPs turn what it gathered into a count or a moment.
+LORA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 FRAME_MARKER = " {s}s"
 SYSTEM_PROMPT = "You watch a camera stream. Answer each question in a few words."
 _SPECIAL_TOKENS = ["<image>", "<video>"]
@@ -120,11 +123,22 @@ def load_trained(model, parts: dict[str, torch.Tensor]) -> None:
         inner.multi_modal_projector.load_state_dict(_section(own, "multi_modal_projector."))
         inner.image_newline.copy_(own["image_newline"])
         meta = parts.get("lora.scale")
+        names = {k.split(".", 2)[2].rsplit(".", 1)[0] for k in parts if k.startswith("lora.") and k != "lora.scale"}
         for index, layer in enumerate(inner.language_model.layers):
-            for name in LORA_TARGETS:
+            for name in sorted(names):  # the targets the weights were trained with
                 a, b = parts.get(f"lora.{index}.{name}.A"), parts.get(f"lora.{index}.{name}.B")
                 if a is not None:
-                    getattr(layer.self_attn, name).weight += float(meta) * (b @ a)
+                    getattr(*adapted_linear(layer, name)).weight += float(meta) * (b @ a)
+
+
+def adapted_linear(layer: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    """(parent module, attribute) of a decoder layer's linear named `name`: a dotted path
+    ("mlp.up_proj"), or a bare attention projection ("q_proj", as the first weights named them)."""
+    path = name.split(".") if "." in name else ["self_attn", name]
+    parent = layer
+    for part in path[:-1]:
+        parent = getattr(parent, part)
+    return parent, path[-1]
 
 
 def _section(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from streamvlm.models.eval_model import adapted_linear
+
 
 class LoRALinear(nn.Module):
     """y = base(x) + scale * B(A(x)); B starts at zero, so training starts from the base model."""
@@ -27,13 +29,14 @@ class LoRALinear(nn.Module):
 
 
 def add_lora(layers, targets: tuple[str, ...], rank: int, alpha: float, seed: int) -> list[LoRALinear]:
-    """Wrap each layer's `self_attn.<target>` in place; returns the adapters in layer order."""
+    """Wrap each layer's linears named in `targets` in place; returns the adapters in layer order."""
     generator = torch.Generator().manual_seed(seed)
     adapters = []
     for layer in layers:
         for name in targets:
-            adapter = LoRALinear(getattr(layer.self_attn, name), rank, alpha, generator)
-            setattr(layer.self_attn, name, adapter)
+            parent, attribute = adapted_linear(layer, name)
+            adapter = LoRALinear(getattr(parent, attribute), rank, alpha, generator)
+            setattr(parent, attribute, adapter)
             adapters.append(adapter)
     return adapters
 
@@ -43,7 +46,7 @@ def lora_state(layers, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
     state, scale = {}, None
     for index, layer in enumerate(layers):
         for name in targets:
-            adapter = getattr(layer.self_attn, name)
+            adapter = getattr(*adapted_linear(layer, name))
             state[f"lora.{index}.{name}.A"] = adapter.A.detach().clone()
             state[f"lora.{index}.{name}.B"] = adapter.B.detach().clone()
             scale = adapter.scale

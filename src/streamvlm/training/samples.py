@@ -42,17 +42,26 @@ class Context:
 
 
 class ContextMaker:
-    def __init__(self, scenes: dict[int, SyntheticScene], seed: int):
+    """Draws training contexts. `progress` (0 at the first step, 1 at the last) lengthens the
+    full-attention contexts as training goes: a curriculum from short to long (the streaming
+    layouts stay short, as the KV budget keeps them)."""
+
+    def __init__(self, scenes: dict[int, SyntheticScene], seed: int, reference_frames: tuple[int, int] = (64, 64)):
         self.scenes = scenes
         self.ids = sorted(scenes)
         self.rng = np.random.default_rng(seed)
+        self.reference_frames = reference_frames  # longest full-attention context at the start, at the end
 
-    def make(self, questions: int = 4) -> Context:
+    def make(self, questions: int = 4, progress: float = 0.0, ends: int = 1) -> Context:
+        """A context with up to `questions` questions, asked after `ends` different frames of it
+        (each question sees the context up to its frame only, as a stream asked then would)."""
         rng = self.rng
         sid = self.ids[int(rng.integers(len(self.ids)))]
         scene = self.scenes[sid]
+        first, last = self.reference_frames
+        longest = min(scene.frames, round(first + (last - first) * progress))
         if rng.random() < 0.15:  # the reference's layout: everything since the first frame
-            window = list(range(0, int(rng.integers(12, 64))))
+            window = list(range(0, int(rng.integers(12, longest + 1))))
         else:
             n = int(rng.integers(6, 15))
             end = int(rng.integers(n + 8, scene.frames))
@@ -60,21 +69,26 @@ class ContextMaker:
         context = Context(sid)
         recalled = self._recalled(scene, window[0]) if window[0] > 8 and rng.random() < 0.4 else []
         context.pieces = [FrameRef(sid, i, keep) for i, keep in recalled] + [FrameRef(sid, i) for i in window]
-        end = window[-1]
-        horizon = min(HORIZON, len(window))
         if len(window) > 4 and rng.random() < 0.3:  # an earlier turn in the text window
             at = int(rng.integers(2, len(window) - 1))
             past = short_range(scene, window[at], self._kind(short=True), rng, min(HORIZON, at + 1))
             if past is not None:
                 context.pieces.insert(len(recalled) + at + 1, past)
-        shown = [p.index for p in context.pieces if isinstance(p, FrameRef)]
-        for _ in range(questions):
+        # The newest frame always gets questions; the others are drawn among the later half.
+        later = window[len(window) // 2:-1]
+        picked = rng.choice(later, size=min(ends - 1, len(later)), replace=False) if later and ends > 1 else []
+        moments = sorted({window[-1], *(int(i) for i in picked)})
+        for number in range(questions):
+            end = moments[number % len(moments)]
+            cut = next(k for k, p in enumerate(context.pieces) if isinstance(p, FrameRef) and p.index == end) + 1
+            shown = [p.index for p in context.pieces[:cut] if isinstance(p, FrameRef)]
+            horizon = min(HORIZON, end - window[0] + 1)
             kind = self._kind(short=False)
             if kind == "appeared_when":
                 question = self._appeared_when(scene, shown, end)
             else:
                 question = short_range(scene, end, kind, rng, horizon)
-            if question is not None and question.text not in {q.text for q in context.questions}:
+            if question is not None and (question.text, end) not in {(q.text, q.frame) for q in context.questions}:
                 context.questions.append(question)
         return context
 
@@ -125,14 +139,17 @@ def pack(context: Context, frame_tokens, embed, tokenize, prompt, newline: torch
     """The context then each question as its own block: [frame end][question][answer][stop].
 
     frame_tokens(FrameRef) -> [16, D] (kept cells only when compressed); embed(ids) -> [n, D];
-    tokenize(text) -> ids [n]. Every block attends to the context and to itself.
+    tokenize(text) -> ids [n]. Each block attends to itself and to the context up to the end
+    of the frame it was asked after (`Question.frame`), at the positions that follow it.
     """
     parts = [embed(tokenize(prompt.stream_prefix))]
     frames_since_turn = False
+    frame_end: dict[int, int] = {}  # frame index -> context length once it is in
     for piece in context.pieces:
         if isinstance(piece, FrameRef):
             parts.append(embed(tokenize(prompt.marker(seconds_of(piece)))))
             parts.append(frame_tokens(piece))
+            frame_end[piece.index] = sum(p.shape[0] for p in parts)
             frames_since_turn = True
         else:  # an earlier question and its answer
             if frames_since_turn:
@@ -152,15 +169,16 @@ def pack(context: Context, frame_tokens, embed, tokenize, prompt, newline: torch
         block = torch.cat([newline[None], embed(q_ids), embed(a_ids[:-1])])
         target = torch.full((block.shape[0],), -100)
         target[-len(a_ids):] = a_ids  # the last question token predicts the first answer token
-        spans.append((sum(b.shape[0] for b in blocks), block.shape[0]))
+        seen = frame_end.get(question.frame, length)
+        spans.append((sum(b.shape[0] for b in blocks), block.shape[0], seen))
         blocks.append(block)
         targets.append(target)
-        positions.append(torch.arange(length, length + block.shape[0]))
+        positions.append(torch.arange(seen, seen + block.shape[0]))
     total = sum(b.shape[0] for b in blocks)
     mask = torch.zeros(total, total, dtype=torch.bool)
     mask[:length, :length] = torch.ones(length, length, dtype=torch.bool).tril()
-    for start, size in spans:
-        mask[start:start + size, :length] = True
+    for start, size, seen in spans:
+        mask[start:start + size, :seen] = True
         mask[start:start + size, start:start + size] = torch.ones(size, size, dtype=torch.bool).tril()
     return Packed(torch.cat(blocks), torch.cat(positions), mask, torch.cat(targets))
 
