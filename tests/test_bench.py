@@ -127,6 +127,18 @@ def test_qa_runs_every_mode_on_the_same_questions():
     assert set(out["chance"]) == set(out["questions"])
 
 
+def test_qa_asks_needles_late_and_says_whether_their_frame_was_attended_to():
+    out = _bench("qa", "--model", "tiny", "--config", str(ROOT / "config" / "live.yaml"), "--streams", "1",
+                 "--minutes", "1.5", "--short-minutes", "0.2", "--needle-minutes", "1.2", "--every", "4",
+                 "--modes", "reference", "memory_retrieval")
+    needles = out["questions"]["needle"]
+    assert needles >= 2 and out["modes"]["memory_retrieval"]["questions_by_type"]["needle"] == needles
+    assert "needle" not in out["modes"]["reference"]["by_type"]  # full attention stops at --short-minutes
+    attended = out["modes"]["memory_retrieval"]["needle_frame_attended"]
+    assert attended is not None and 0.0 <= attended <= 1.0
+    assert out["modes"]["reference"]["needle_frame_attended"] is None
+
+
 def test_the_accuracy_interval_is_wilsons():
     from streamvlm.bench.qa import wilson
 

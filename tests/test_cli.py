@@ -85,3 +85,5 @@ def test_synth_writes_a_bag_and_its_questions_and_replay_asks_them(tmp_path):
     answers = [json.loads(line) for line in result.stdout.splitlines() if '"answer"' in line]
     assert [a["expected"] for a in answers] == [q["answer"] for q in truth["questions"]]
     assert [a["stamp"] for a in answers] == [float(q["frame"]) for q in truth["questions"]]
+    score = [json.loads(line) for line in result.stdout.splitlines() if '"score"' in line]
+    assert score == [{"type": "score", "right": sum(a["right"] for a in answers), "asked": len(answers)}]

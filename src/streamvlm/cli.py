@@ -249,6 +249,7 @@ class _Reporter:
     def __init__(self, as_json: bool, out: Path | None):
         self.as_json = as_json
         self.bag = None
+        self.scored: list[bool] = []
         if out is not None:
             from streamvlm.bag import BagWriter
 
@@ -270,8 +271,12 @@ class _Reporter:
             record["error"] = answer.error
         line = f"[{stamp:8.2f}s] Q: {answer.question}\n{'':11}A: {answer.text or '(' + answer.error + ')'}"
         if expected:
-            record["expected"] = expected
-            line += f"\n{'':11}   (right answer: {expected})"
+            from streamvlm.synth.questions import Question as Asked, is_correct
+
+            right = answer.success and is_correct(Asked("", answer.question, expected, 0), answer.text)
+            self.scored.append(right)
+            record["expected"], record["right"] = expected, right
+            line += f"\n{'':11}   (right answer: {expected}; {'right' if right else 'wrong'})"
         self._emit(record, line)
         if self.bag:
             self.bag.write_answer("/answers", answer)
@@ -280,6 +285,9 @@ class _Reporter:
         print(json.dumps(record) if self.as_json else line, flush=True)
 
     def close(self) -> None:
+        if self.scored:  # questions whose answers were known (`--questions`)
+            self._emit({"type": "score", "right": sum(self.scored), "asked": len(self.scored)},
+                       f"answers right: {sum(self.scored)} of {len(self.scored)}")
         if self.bag:
             self.bag.close()
 

@@ -103,12 +103,18 @@ def _backends(p) -> None:
 
 
 def _qa(p) -> None:
-    # Defaults: 4 streams (still and panning cameras) x 97 short-range questions = 388 per
-    # mode, and needles asked 10, 15 and 20 minutes in about the first minute.
-    p.add_argument("--streams", type=int, default=4, help="synthetic streams, each answered by every mode")
-    p.add_argument("--minutes", type=float, default=20.0, help="length of each stream (needles need >= 10)")
-    p.add_argument("--short-minutes", type=float, default=5.0,
+    # Defaults: 8 streams (still and panning cameras) x 38 short-range questions = 304 per
+    # mode, and each stream's 4 needles (first minute) asked at 11 and 15 minutes: 64 more
+    # for the bounded modes. The full-attention modes stop at 2 minutes: the evaluation
+    # model was trained on full contexts of up to 128 frames (its LM reads 8192 tokens,
+    # and training longer ones on a CPU costs minutes a step).
+    p.add_argument("--streams", type=int, default=8, help="synthetic streams, each answered by every mode")
+    p.add_argument("--minutes", type=float, default=15.0, help="length of each stream (needles need more than "
+                                                                "--needle-minutes)")
+    p.add_argument("--short-minutes", type=float, default=2.0,
                    help="short-range questions come in these first minutes; the full-attention modes stop there")
+    p.add_argument("--needle-minutes", type=float, default=11.0,
+                   help="needle questions (about the first minute) from this minute on, every 5 minutes and at the end")
     p.add_argument("--every", type=int, default=3, metavar="N", help="a short-range question every N frames")
     p.add_argument("--fps", type=float, default=1.0, help="frame rate of the streams")
     p.add_argument("--seed", type=int, default=0, help="first stream's seed (odd seeds pan the camera)")

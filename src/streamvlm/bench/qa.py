@@ -13,8 +13,9 @@ answers are scored by exact match. The modes change one thing each:
 
 Short-range questions come during the first `--short-minutes` of each stream (the
 full-attention modes stop there: the reference's context grows with the stream, and
-the evaluation model's LM has an 8192-token context); needle questions, about the first
-minute, come from minute 10 on, and only the bounded-memory modes get that far.
+the evaluation model was trained on full contexts of up to 128 frames); needle questions,
+about the first minute, come from `--needle-minutes` on (10+ minutes after the needle),
+and only the bounded-memory modes get that far.
 """
 
 from __future__ import annotations
@@ -60,25 +61,30 @@ def run(args) -> dict:
     for k in range(args.streams):
         scene = evaluation_scene(args.seed + k, frames, fps=args.fps)
         asked = stream_questions(scene, args.seed + k, every=args.every, short_until=short_until,
-                                 needle_after=round(10 * 60 * args.fps), needle_every=round(5 * 60 * args.fps))
+                                 needle_after=round(args.needle_minutes * 60 * args.fps),
+                                 needle_every=round(5 * 60 * args.fps))
         streams.append((scene, asked))
     model = load_shared(base.model)  # held here, so every mode reuses the loaded weights
     scores: dict[str, dict[str, list[int]]] = {m: {} for m in modes}
     seconds: dict[str, float] = {}
     examples: dict[str, list[dict]] = {m: [] for m in modes}
     tokens: dict[str, dict[str, list[int]]] = {m: {"frame": [], "context": []} for m in modes}
+    found: dict[str, list[int]] = {m: [] for m in modes}
     for mode, (cfg, long_range) in plan.items():
         start = time.perf_counter()
         for scene, asked in streams:
             last = scene.frames if long_range else short_until
             todo = [q for q in asked if q.frame < last and (q.kind != "needle" or long_range)]
-            for question, reply in _answers(cfg, model, scene, todo, last, f"{mode} seed {scene.seed}", tokens[mode]):
+            for question, answer in _answers(cfg, model, scene, todo, last, f"{mode} seed {scene.seed}", tokens[mode]):
+                reply = answer.text if answer.success else ""
                 ok = is_correct(question, reply)
                 scores[mode].setdefault(question.kind, []).append(int(ok))
+                if question.kind == "needle":  # was the frame it appeared in among those attended to?
+                    found[mode].append(int(scene.stamp_ns(question.about) in answer.evidence_ns))
                 if len(examples[mode]) < args.examples:
                     examples[mode].append({"q": question.text, "expected": question.answer, "got": reply})
         seconds[mode] = round(time.perf_counter() - start, 1)
-    return _report(scores, seconds, examples, tokens, streams, args)
+    return _report(scores, seconds, examples, tokens, found, streams, args)
 
 
 def _plan(args, base: PipelineConfig) -> dict[str, tuple[PipelineConfig, bool]]:
@@ -101,7 +107,7 @@ def _plan(args, base: PipelineConfig) -> dict[str, tuple[PipelineConfig, bool]]:
 
 
 def _answers(cfg: PipelineConfig, model, scene, questions, last: int, label: str, tokens: dict):
-    """(question, reply) for each question, streaming frames 0..last-1 of the scene; the tokens
+    """(question, Answer) for each question, streaming frames 0..last-1 of the scene; the tokens
     each frame sends and the context each question meets go to `tokens`."""
     vision, language = VisionStage(cfg, model), LanguageStage(cfg, model)
     pending = sorted(questions, key=lambda q: q.frame)
@@ -114,13 +120,12 @@ def _answers(cfg: PipelineConfig, model, scene, questions, last: int, label: str
         while pending and pending[0].frame == index:
             question = pending.pop(0)
             tokens["context"].append(language.context_tokens)
-            answer = language.ask(question.text, max_new_tokens=cfg.language.max_new_tokens)
-            yield question, answer.text if answer.success else ""
+            yield question, language.ask(question.text, max_new_tokens=cfg.language.max_new_tokens)
         bar.update()
     bar.close()
 
 
-def _report(scores, seconds, examples, tokens, streams, args) -> dict:
+def _report(scores, seconds, examples, tokens, found, streams, args) -> dict:
     def mean(values):
         return round(float(np.mean(values)), 4) if values else None
 
@@ -142,6 +147,9 @@ def _report(scores, seconds, examples, tokens, streams, args) -> dict:
             # What each answer cost: visual tokens sent per frame, and the context a question meets.
             "tokens_per_frame": mean(tokens[mode]["frame"]),
             "context_tokens": mean(tokens[mode]["context"]),
+            # Share of needle questions whose answer attended to the frame the needle appeared
+            # in: tells a retrieval miss from a misreading (the answer needs that frame).
+            "needle_frame_attended": mean(found[mode]),
         }
     reference = modes.get("reference", {})
     for mode, row in modes.items():

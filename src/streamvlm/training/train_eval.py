@@ -33,7 +33,7 @@ from streamvlm.models.prompt import PromptFormat
 from streamvlm.synth import COLOURS, SHAPES, evaluation_scene
 from streamvlm.training.checkpoint import Checkpoints, module_states, restore_modules
 from streamvlm.training.lora import add_lora, lora_state
-from streamvlm.training.samples import CELLS, ContextMaker, FrameRef, pack
+from streamvlm.training.samples import CELLS, HORIZON, ContextMaker, FrameRef, pack
 
 VISION_SEEDS = 10_000  # scenes for stage 1 start at this seed, stage 2 at TRAIN_SEEDS, held-out at HELD_OUT
 TRAIN_SEEDS = 20_000
@@ -82,6 +82,7 @@ class Trainer:
         self.embedding = self.inner.language_model.embed_tokens.weight
         self.stop_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self._ids: dict[str, torch.Tensor] = {}
+        self._words = None  # `word_table`, made once
         # What the model was trained on, as one hash: stage 1's frames and labels, then each
         # stage-2 context's frames and answer tokens, chained (resumable: it is a string).
         self.data_sha256 = ""
@@ -113,6 +114,23 @@ class Trainer:
             raise ValueError(f"{text!r} is {len(ids)} tokens; the evaluation vocabulary needs single tokens")
         return self.embedding[int(ids[0])]
 
+    def word_table(self) -> tuple[torch.Tensor, dict[tuple[str, str], int]]:
+        """Stage 1's targets: row 0 " nothing", then colour + shape word sums; and the row of each
+        (colour, shape)."""
+        if self._words is None:
+            combos = [(c, sh) for c in COLOURS for sh in SHAPES]
+            self._words = (torch.stack([self.word("nothing")] + [self.word(c) + self.word(sh) for c, sh in combos]),
+                           {combo: i + 1 for i, combo in enumerate(combos)})
+        return self._words
+
+    def cell_labels(self, scene, index: int) -> torch.Tensor:
+        """[16] each token cell's row of `word_table`: the object centred there, or 0 (nothing)."""
+        label_of = self.word_table()[1]
+        labels = torch.zeros(CELLS, dtype=torch.long)
+        for obj in scene.visible(index):
+            labels[scene.cell_of(obj, index, (4, 4))] = label_of[(obj.colour, obj.shape)]
+        return labels
+
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Normalized pixels [B, 3, S, S] -> the ViT's last hidden state [B, P, C] (LLaVA-OV's choice)."""
         return self.inner.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
@@ -133,17 +151,12 @@ class Trainer:
             self.data_sha256 = state["data_sha256"]
             return state["vision_report"]
         rng = np.random.default_rng(s.seed)
-        combos = [(c, sh) for c in COLOURS for sh in SHAPES]
-        table = torch.stack([self.word("nothing")] + [self.word(c) + self.word(sh) for c, sh in combos])
-        label_of = {combo: i + 1 for i, combo in enumerate(combos)}
+        table = self.word_table()[0]
         scenes = [evaluation_scene(VISION_SEEDS + k, 300) for k in range(s.vision_scenes)]
         picks = [(int(rng.integers(len(scenes))), int(rng.integers(300))) for _ in range(s.vision_frames)]
         self.say(f"stage 1: rendering {len(picks)} frames")
         pixels = torch.stack([self.render(scenes[k], i) for k, i in picks])
-        labels = torch.zeros(len(picks), CELLS, dtype=torch.long)
-        for row, (k, i) in enumerate(picks):
-            for obj in scenes[k].visible(i):
-                labels[row, scenes[k].cell_of(obj, i, (4, 4))] = label_of[(obj.colour, obj.shape)]
+        labels = torch.stack([self.cell_labels(scenes[k], i) for k, i in picks])
         self.data_sha256 = ""
         self.record(pixels, labels)
         params = list(self.inner.vision_tower.parameters()) + list(self.inner.multi_modal_projector.parameters())
@@ -191,9 +204,7 @@ class Trainer:
                 for i in range(0, 300, 10):
                     tokens = self.project(self.features(self.render(scene, i)[None].to(self.device)))[0]
                     nearest = torch.cdist(tokens, table).argmin(dim=1).cpu()
-                    truth = torch.zeros(CELLS, dtype=torch.long)
-                    for obj in scene.visible(i):
-                        truth[scene.cell_of(obj, i, (4, 4))] = label_of[(obj.colour, obj.shape)]
+                    truth = self.cell_labels(scene, i)
                     objects += int((truth > 0).sum())
                     correct += int(((nearest == truth) & (truth > 0)).sum())
                     # A frame is read right when every cell is: no object missed, misread,
@@ -319,14 +330,28 @@ class Trainer:
         self._scenes.update(scenes)
         maker = ContextMaker(scenes, s.seed + 1, (s.reference_frames_last, s.reference_frames_last))
         right: dict[str, list[int]] = {}
+        clear: dict[str, list[int]] = {}  # the same, for questions whose frames the ViT read right
         for _ in range(s.held_out):
             context = maker.make(s.questions, 1.0, s.ends)
             packed = self._pack(context)
-            for kind, hit in self._exact(context, *self._logits(packed)):
+            for question, (kind, hit) in zip(context.questions, self._exact(context, *self._logits(packed))):
                 right.setdefault(kind, []).append(hit)
+                frames = _frames_needed(question)
+                if frames and all(self._read_right(context.scene, i) for i in frames):
+                    clear.setdefault(kind, []).append(hit)
         report = {kind: round(float(np.mean(v)), 3) for kind, v in sorted(right.items())}
+        # Vision or language? Accuracy over questions whose frames were all read right
+        # (nearest words = ground truth in every cell), with how many questions that leaves.
+        report["frames_read_right"] = {kind: [round(float(np.mean(v)), 3), len(v)] for kind, v in sorted(clear.items())}
         self.say(f"stage 2: held-out exact answers {report}")
         return report
+
+    @torch.no_grad()
+    def _read_right(self, scene_id: int, index: int) -> bool:
+        """Whether the frame's tokens, as the LM gets them, are nearest to the right words in every cell."""
+        tokens = self.project(self._frame_features(FrameRef(scene_id, index))[None])[0]
+        nearest = torch.cdist(tokens, self.word_table()[0]).argmin(dim=1).cpu()
+        return torch.equal(nearest, self.cell_labels(self._scenes[scene_id], index))
 
     def trained_parts(self) -> dict[str, torch.Tensor]:
         parts = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in trainable_state(self.model).items()}
@@ -360,6 +385,19 @@ def train(settings: TrainSettings, out: Path, say=print, checkpoints: Checkpoint
     # The manifest beside the weights: how to make the same bytes again, and what they score.
     manifest(out).write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _frames_needed(question) -> range | None:
+    """The frames a short-range question's answer depends on (None: a needle's, or unknown)."""
+    if question.kind == "now":
+        return range(question.frame, question.frame + 1)
+    if question.kind == "attribute_at":
+        return range(question.about - 1, question.about + 1)
+    if question.kind == "count_since":
+        return range(question.about, question.frame + 1)
+    if question.kind == "left_when":
+        return range(max(0, question.frame - HORIZON + 1), question.frame + 1)
+    return None
 
 
 def manifest(weights: Path) -> Path:
