@@ -78,10 +78,12 @@ class ContextMaker:
         later = window[len(window) // 2:-1]
         picked = rng.choice(later, size=min(ends - 1, len(later)), replace=False) if later and ends > 1 else []
         moments = sorted({window[-1], *(int(i) for i in picked)})
+        # The frames each moment's questions can see: those up to it, in stream order.
+        refs = [p.index for p in context.pieces if isinstance(p, FrameRef)]
+        shown_at = {end: refs[:refs.index(end) + 1] for end in moments}
         for number in range(questions):
             end = moments[number % len(moments)]
-            cut = next(k for k, p in enumerate(context.pieces) if isinstance(p, FrameRef) and p.index == end) + 1
-            shown = [p.index for p in context.pieces[:cut] if isinstance(p, FrameRef)]
+            shown = shown_at[end]
             horizon = min(HORIZON, end - window[0] + 1)
             kind = self._kind(short=False)
             if kind == "appeared_when":
@@ -143,22 +145,23 @@ def pack(context: Context, frame_tokens, embed, tokenize, prompt, newline: torch
     of the frame it was asked after (`Question.frame`), at the positions that follow it.
     """
     parts = [embed(tokenize(prompt.stream_prefix))]
+    filled = parts[0].shape[0]  # context tokens so far
     frames_since_turn = False
     frame_end: dict[int, int] = {}  # frame index -> context length once it is in
     for piece in context.pieces:
         if isinstance(piece, FrameRef):
-            parts.append(embed(tokenize(prompt.marker(seconds_of(piece)))))
-            parts.append(frame_tokens(piece))
-            frame_end[piece.index] = sum(p.shape[0] for p in parts)
+            added = [embed(tokenize(prompt.marker(seconds_of(piece)))), frame_tokens(piece)]
             frames_since_turn = True
         else:  # an earlier question and its answer
-            if frames_since_turn:
-                parts.append(newline[None])
             text = prompt.question_prefix + piece.text + prompt.question_suffix
-            parts.append(embed(tokenize(text)))
             # Apart, as LanguageStage feeds them: the generated answer, then the separator.
-            parts.append(embed(torch.cat([tokenize(piece.answer), tokenize(prompt.turn_separator)])))
+            added = ([newline[None]] if frames_since_turn else []) + [
+                embed(tokenize(text)), embed(torch.cat([tokenize(piece.answer), tokenize(prompt.turn_separator)]))]
             frames_since_turn = False
+        parts += added
+        filled += sum(t.shape[0] for t in added)
+        if isinstance(piece, FrameRef):
+            frame_end[piece.index] = filled
     context_embeds = torch.cat(parts)
     length = context_embeds.shape[0]
     blocks, targets, positions = [context_embeds], [torch.full((length,), -100)], [torch.arange(length)]
