@@ -78,7 +78,7 @@ def test_vision_compares_cache_and_full_vit_on_a_video(tmp_path):
 def test_prune_compares_pruned_and_unpruned_prefill_and_answers(tmp_path):
     video = _moving_square_video(tmp_path / "square.avi")
     common = ("--video", str(video), "--frames", "8", "--fps", "0", "--question-every", "4", "--synth-frames", "13")
-    stc = _bench("prune", *common, "--mode", "stc")
+    stc = _bench("prune", *common, "--mode", "stc", "--keep-tokens", "60")
     assert stc["frames"] == 8 and stc["tokens_mean"] == stc["tokens_p95"] == 60 and stc["questions"] == 2
     assert stc["prefill_ratio"] > 0 and stc["kl"] >= 0 and 0 <= stc["appearance_recall"] <= 1
     assert stc["synthetic"]["appearances"] == 3 and stc["synthetic"]["cells"] > 0
@@ -127,10 +127,21 @@ def test_qa_runs_every_mode_on_the_same_questions():
     assert set(out["chance"]) == set(out["questions"])
 
 
-def test_qa_asks_needles_late_and_says_whether_their_frame_was_attended_to():
+def test_qa_asks_needles_late_and_says_whether_their_frame_was_attended_to(tmp_path):
+    from streamvlm.bench.qa_record import README_BEGIN, README_END
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_BEGIN}\nold figures\n{README_END}\nafter\n")
     out = _bench("qa", "--model", "tiny", "--config", str(ROOT / "config" / "live.yaml"), "--streams", "1",
                  "--minutes", "1.5", "--short-minutes", "0.2", "--needle-minutes", "1.2", "--every", "4",
-                 "--modes", "reference", "memory_retrieval")
+                 "--modes", "reference", "memory_retrieval", "--out", str(tmp_path / "qa"), "--readme", str(readme))
+    # The measurement is kept with its provenance, and README's section is its table.
+    record = json.loads((tmp_path / "qa" / "qa.json").read_text())
+    assert record["result"] == out and record["command"].startswith("streamvlm bench qa --model tiny")
+    table = (tmp_path / "qa" / "qa.md").read_text()
+    assert "| memory_retrieval |" in table and "Needle answers that attended" in table
+    text = readme.read_text()
+    assert "old figures" not in text and "| reference |" in text and text.endswith(f"{README_END}\nafter\n")
     needles = out["questions"]["needle"]
     assert needles >= 2 and out["modes"]["memory_retrieval"]["questions_by_type"]["needle"] == needles
     assert "needle" not in out["modes"]["reference"]["by_type"]  # full attention stops at --short-minutes
@@ -169,6 +180,18 @@ def test_a_sweep_runs_its_base_mode_once_per_value():
     (low, low_long), (high, _) = plan["language.memory.keep_ratio=0.1"], plan["language.memory.keep_ratio=1"]
     assert low.language.memory.keep_ratio == 0.1 and high.language.memory.keep_ratio == 1.0 and low_long
     assert low.language.cache.budget_tokens > 0 and not plan["reference"][1]  # the base's bounded context
+    # A sweep may name its own base mode, so one run sweeps several modes against one reference.
+    args = argparse.Namespace(modes=["reference"], sweep=["prune_adaptive:vision.prune.novelty=0.05",
+                                                          "vision.delta.threshold=0.06"], sweep_base="delta_threshold")
+    plan = _plan(args, PipelineConfig())
+    assert list(plan) == ["reference", "prune_adaptive:vision.prune.novelty=0.05", "vision.delta.threshold=0.06"]
+    novelty, threshold = plan["prune_adaptive:vision.prune.novelty=0.05"][0], plan["vision.delta.threshold=0.06"][0]
+    assert novelty.vision.prune.mode == "adaptive" and novelty.vision.prune.novelty == 0.05
+    assert novelty.vision.delta.mode == "off" and threshold.vision.delta.threshold == 0.06
+    assert threshold.vision.delta.mode == "threshold" and threshold.vision.prune.mode == "off"
+    with pytest.raises(ValueError, match="unknown modes"):
+        _plan(argparse.Namespace(modes=None, sweep=["nope:vision.prune.novelty=0.05"], sweep_base="reference"),
+              PipelineConfig())
     with pytest.raises(ValueError, match="keep_ratio"):
         _plan(argparse.Namespace(modes=None, sweep=["language.memory.keep_ratio=0"], sweep_base="memory_retrieval"),
               PipelineConfig())

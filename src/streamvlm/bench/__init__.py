@@ -121,12 +121,15 @@ def _qa(p) -> None:
     p.add_argument("--model", default="eval", help="vision-language model (default: the evaluation model)")
     p.add_argument("--config", type=Path, default=Path("config/eval.yaml"), help="settings every mode starts from")
     p.add_argument("--modes", nargs="+", metavar="MODE", help="run only these modes")
-    p.add_argument("--sweep", action="append", metavar="NAME=V1,V2",
-                   help="also run --sweep-base once per value of this setting (repeatable), e.g. "
-                        "vision.delta.threshold=0.01,0.03,0.05; with --sweep, --modes defaults to none")
+    p.add_argument("--sweep", action="append", metavar="[MODE:]NAME=V1,V2",
+                   help="also run MODE (default --sweep-base) once per value of this setting (repeatable), e.g. "
+                        "prune_adaptive:vision.prune.novelty=0.01,0.05; with --sweep, --modes defaults to none")
     p.add_argument("--sweep-base", default="reference", metavar="MODE",
                    help="the mode each swept value changes (e.g. delta_threshold, memory_retrieval)")
     p.add_argument("--examples", type=int, default=3, help="answers shown per mode in the JSON")
+    p.add_argument("--out", type=Path, metavar="DIR", help="also write DIR/qa.json and DIR/qa.md, with the "
+                                                            "date, machine and command")
+    p.add_argument("--readme", type=Path, metavar="README.md", help="with --out: rewrite its Accuracy section")
 
 
 def _e2e(p) -> None:

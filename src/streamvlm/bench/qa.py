@@ -51,6 +51,8 @@ LONG_RANGE_MODES = ("window_only", "sink_windows", "memory_retrieval")
 
 
 def run(args) -> dict:
+    if getattr(args, "readme", None) and not getattr(args, "out", None):
+        raise ValueError("--readme needs --out DIR (the README table is written from DIR/qa.json)")
     base = load(args.config).replace(model={"name": args.model, "fallback_to_tiny": False},
                                             language={"caption_interval_s": 0.0})
     plan = _plan(args, base)  # mode -> (its config, whether it streams the whole stream)
@@ -84,25 +86,35 @@ def run(args) -> dict:
                 if len(examples[mode]) < args.examples:
                     examples[mode].append({"q": question.text, "expected": question.answer, "got": reply})
         seconds[mode] = round(time.perf_counter() - start, 1)
-    return _report(scores, seconds, examples, tokens, found, streams, args)
+    result = _report(scores, seconds, examples, tokens, found, streams, args)
+    if getattr(args, "out", None):
+        from streamvlm.bench.qa_record import save
+
+        save(result, args.out, getattr(args, "readme", None))
+    return result
 
 
 def _plan(args, base: PipelineConfig) -> dict[str, tuple[PipelineConfig, bool]]:
-    """The modes to run: the named ones, then each `--sweep NAME=V1,V2` value as a mode of
-    its own, `--sweep-base` with that one setting changed (named `NAME=V`)."""
+    """The modes to run: the named ones, then each `--sweep [MODE:]NAME=V1,V2` value as a mode
+    of its own, MODE (default `--sweep-base`) with that one setting changed, named `NAME=V`
+    (`MODE:NAME=V` when MODE is given), so one run can sweep settings of several modes
+    against one reference."""
     named = args.modes or ([] if args.sweep else list(MODES))
-    wanted = named + ([args.sweep_base] if args.sweep else [])
-    unknown = sorted(set(wanted) - set(MODES))
+    sweeps = []
+    for text in args.sweep or []:
+        setting, sep, values = text.partition("=")
+        if not sep or not values:
+            raise ValueError(f"--sweep wants [MODE:]NAME=V1,V2,...; got {text!r}")
+        mode, colon, name = setting.rpartition(":")
+        sweeps.append((mode or args.sweep_base, name, values.split(","), f"{mode}:" if colon else ""))
+    unknown = sorted(set(named + [mode for mode, *_ in sweeps]) - set(MODES))
     if unknown:
         raise ValueError(f"unknown modes {unknown}; known: {list(MODES)}")
     plan = {mode: (base.replace(**MODES[mode]), mode in LONG_RANGE_MODES) for mode in named}
-    for text in args.sweep or []:
-        name, sep, values = text.partition("=")
-        if not sep or not values:
-            raise ValueError(f"--sweep wants NAME=V1,V2,...; got {text!r}")
-        for value in values.split(","):
-            cfg = from_flat({name: yaml.safe_load(value)}, base.replace(**MODES[args.sweep_base]))
-            plan[f"{name}={value}"] = (cfg, args.sweep_base in LONG_RANGE_MODES)
+    for mode, name, values, prefix in sweeps:
+        for value in values:
+            cfg = from_flat({name: yaml.safe_load(value)}, base.replace(**MODES[mode]))
+            plan[f"{prefix}{name}={value}"] = (cfg, mode in LONG_RANGE_MODES)
     return plan
 
 
@@ -193,16 +205,17 @@ def _chance(streams) -> dict:
 
 def markdown(result: dict) -> str:
     """The accuracy table: one row per mode, one column per question type, each cell
-    'accuracy [95% interval]'; then short-range accuracy and what it retains of the reference's."""
+    'accuracy [95% interval]'; then short-range accuracy, what it retains of the reference's,
+    and the visual tokens a frame sent (what the pruner saved)."""
     kinds = [k for k in KINDS if any(k in row["by_type"] for row in result["modes"].values())]
-    lines = ["| mode | " + " | ".join(kinds) + " | short-range | retained | questions |",
-             "|---" * (len(kinds) + 4) + "|", "| chance | " + " | ".join(
-                 f"{result['chance'][k]:.2f}" if k in result["chance"] else "–" for k in kinds) + " | | | |"]
+    lines = ["| mode | " + " | ".join(kinds) + " | short-range | retained | tokens/frame | questions |",
+             "|---" * (len(kinds) + 5) + "|", "| chance | " + " | ".join(
+                 f"{result['chance'][k]:.2f}" if k in result["chance"] else "–" for k in kinds) + " | | | | |"]
     for mode, row in result["modes"].items():
         cells = [_cell(row["by_type"].get(kind), row["interval"].get(kind)) for kind in kinds]
         kept = row.get("retained_short_range")
         lines.append(f"| {mode} | " + " | ".join(cells) + f" | {_cell(row['short_range'], row['interval']['short_range'])} "
-                     f"| {'–' if kept is None else f'{kept:.2f}'} | {row['questions']} |")
+                     f"| {'–' if kept is None else f'{kept:.2f}'} | {row['tokens_per_frame']} | {row['questions']} |")
     return "\n".join(lines)
 
 
