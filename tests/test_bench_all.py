@@ -74,7 +74,7 @@ def test_report_plots_and_readme_section_carry_the_measured_figures(results, tmp
     report = (tmp_path / "report.md").read_text()
     vision = results["steps"]["vision synth:0 cpu"]["result"]
     for title in ("## ViT: delta-token cache vs full recompute", "## ViT roofline", "sliding-window recompute",
-                  "## Streaming QA accuracy", "## End to end (cpu)", "## Failed steps", "Peak: "):
+                  "## Streaming QA smoke run", "## End to end (cpu)", "## Failed steps", "Peak: "):
         assert title in report
     assert f"| synthetic still (seed 0) | tiny | cpu | 4 |" in report
     assert f"{vision['speedup']:.3g}" in report

@@ -150,7 +150,8 @@ def test_settings_are_checked():
 
 def test_vision_stage_sends_kept_tokens_with_their_grid_positions(tiny_model, frames):
     base = {"fps": 0.0, "delta.mode": "off"}
-    cfg = PipelineConfig().replace(model={"name": "tiny"}, vision={**base, "prune.mode": "stc"})
+    stc = {"prune.mode": "stc", "prune.keep_tokens": 60}
+    cfg = PipelineConfig().replace(model={"name": "tiny"}, vision={**base, **stc})
     full_cfg = PipelineConfig().replace(model={"name": "tiny"}, vision={**base, "prune.mode": "off"})
     pruned, full = VisionStage(cfg, tiny_model), VisionStage(full_cfg, tiny_model)
     batch = pruned.process(frames[0], SECOND)

@@ -230,7 +230,8 @@ def test_a_settings_change_waits_for_the_frame_in_hand(tiny_model, frames):
     stage = VisionStage(_cfg(), tiny_model)
     worker, gate, out, done = _held_in_first_frame(stage, frames)
     encoder, pruner = stage.encoder.settings, stage.pruner
-    worker.reconfigure(stage.cfg.replace(vision={"delta.mode": "stc", "prune.mode": "stc", "fps": 0.5}))
+    worker.reconfigure(stage.cfg.replace(vision={"delta.mode": "stc", "prune.mode": "stc", "prune.keep_tokens": 60,
+                                                 "fps": 0.5}))
     assert stage.sampler.fps == 0.5  # the rate applies at once: `submit` reads it under the lock
     assert stage.encoder.settings is encoder and stage.pruner is pruner  # the rest waits for the frame
     with pytest.raises(ValueError, match="fixed while running"):

@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 from streamvlm.bench.measure import progress
+from streamvlm.bench.qa_record import markdown, save  # markdown: the table `bench qa` prints
 from streamvlm.config import PipelineConfig, from_flat, load
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.models import load_shared
@@ -88,8 +89,6 @@ def run(args) -> dict:
         seconds[mode] = round(time.perf_counter() - start, 1)
     result = _report(scores, seconds, examples, tokens, found, streams, args)
     if getattr(args, "out", None):
-        from streamvlm.bench.qa_record import save
-
         save(result, args.out, getattr(args, "readme", None))
     return result
 
@@ -201,25 +200,3 @@ def _chance(streams) -> dict:
             answers.setdefault(question.kind, []).append(question.answer)
     return {kind: round(max(values.count(a) for a in set(values)) / len(values), 4)
             for kind, values in answers.items()}
-
-
-def markdown(result: dict) -> str:
-    """The accuracy table: one row per mode, one column per question type, each cell
-    'accuracy [95% interval]'; then short-range accuracy, what it retains of the reference's,
-    and the visual tokens a frame sent (what the pruner saved)."""
-    kinds = [k for k in KINDS if any(k in row["by_type"] for row in result["modes"].values())]
-    lines = ["| mode | " + " | ".join(kinds) + " | short-range | retained | tokens/frame | questions |",
-             "|---" * (len(kinds) + 5) + "|", "| chance | " + " | ".join(
-                 f"{result['chance'][k]:.2f}" if k in result["chance"] else "–" for k in kinds) + " | | | | |"]
-    for mode, row in result["modes"].items():
-        cells = [_cell(row["by_type"].get(kind), row["interval"].get(kind)) for kind in kinds]
-        kept = row.get("retained_short_range")
-        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {_cell(row['short_range'], row['interval']['short_range'])} "
-                     f"| {'–' if kept is None else f'{kept:.2f}'} | {row['tokens_per_frame']} | {row['questions']} |")
-    return "\n".join(lines)
-
-
-def _cell(accuracy: float | None, interval: list[float] | None) -> str:
-    if accuracy is None:
-        return "–"
-    return f"{accuracy:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{accuracy:.2f}"
