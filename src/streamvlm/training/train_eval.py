@@ -331,13 +331,17 @@ class Trainer:
         maker = ContextMaker(scenes, s.seed + 1, (s.reference_frames_last, s.reference_frames_last))
         right: dict[str, list[int]] = {}
         clear: dict[str, list[int]] = {}  # the same, for questions whose frames the ViT read right
+        read: dict[tuple[int, int], bool] = {}  # each frame judged once: questions share frames
         for _ in range(s.held_out):
             context = maker.make(s.questions, 1.0, s.ends)
             packed = self._pack(context)
             for question, (kind, hit) in zip(context.questions, self._exact(context, *self._logits(packed))):
                 right.setdefault(kind, []).append(hit)
                 frames = _frames_needed(question)
-                if frames and all(self._read_right(context.scene, i) for i in frames):
+                for i in frames or ():
+                    if (context.scene, i) not in read:
+                        read[context.scene, i] = self._read_right(context.scene, i)
+                if frames and all(read[context.scene, i] for i in frames):
                     clear.setdefault(kind, []).append(hit)
         report = {kind: round(float(np.mean(v)), 3) for kind, v in sorted(right.items())}
         # Vision or language? Accuracy over questions whose frames were all read right
