@@ -25,8 +25,8 @@ def _frame(seed: int, tokens: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _query_for(keys: torch.Tensor) -> torch.Tensor:
-    """A question whose mean query per layer is the frame's mean key, for every query head."""
-    return keys.mean(dim=2).repeat_interleave(GROUP, dim=1)  # [layers, q_heads, d]
+    """A one-token question whose query per layer is the frame's mean key, for every query head."""
+    return keys.mean(dim=2).repeat_interleave(GROUP, dim=1)[:, None]  # [layers, 1, q_heads, d]
 
 
 def _memory(**settings) -> FrameMemory:
@@ -48,6 +48,43 @@ def test_the_frame_whose_key_matches_the_question_is_retrieved_first():
         assert torch.equal(keys, frames[target][0]) and torch.equal(values, frames[target][1])
     # A token limit takes the best frames that fit.
     assert len(memory.retrieve(_query_for(frames[3][0]), 25, torch.device("cpu"), torch.float32)) == 2
+
+
+def _needle_question(direction: torch.Tensor, steps: int = 8, seed: int = 99) -> torch.Tensor:
+    """[layers, steps, q_heads, d]: random queries, one of which points along `direction` [layers, kv_heads, d]."""
+    g = torch.Generator().manual_seed(seed)
+    queries = torch.randn(LAYERS, steps, KV_HEADS * GROUP, DIM, generator=g)
+    queries[:, steps // 2] = direction.repeat_interleave(GROUP, dim=1)
+    return queries
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_token_matching_finds_the_frame_holding_one_matching_token(dtype):
+    """A small object is one token of a frame, and a question's content one token of several:
+    the frame with that token is found first, though means dilute it."""
+    memory = _memory(match="tokens", dtype=dtype, keep_ratio=1.0)
+    frames = [_frame(i) for i in range(40)]
+    g = torch.Generator().manual_seed(7)
+    needles = {}
+    for target in (3, 17, 31):
+        direction = torch.nn.functional.normalize(torch.randn(LAYERS, KV_HEADS, DIM, generator=g), dim=-1)
+        frames[target][0][:, :, 6] = 6 * direction
+        needles[target] = direction
+    for i, (k, v) in enumerate(frames):
+        memory.add(k, v, torch.ones(10), (i + 1) * S)
+    for target, direction in needles.items():
+        scores = memory.scores(_needle_question(direction))
+        assert int(scores.argmax()) == target
+        stamps = [stamp for _, _, stamp in memory.retrieve(_needle_question(direction), 1000, torch.device("cpu"),
+                                                           torch.float32)]
+        assert (target + 1) * S in stamps
+    # Brute force: a frame's score is the mean over layers, query heads and question tokens of
+    # the best logit among its keys, the key head shared by its group of query heads.
+    question = _needle_question(needles[17])
+    keys = frames[17][0].repeat_interleave(GROUP, dim=1)  # [layers, q_heads, n, d]
+    logits = torch.einsum("ltqd,lqnd->ltqn", question, keys) / DIM**0.5
+    expected = logits.amax(dim=-1).mean()
+    assert float(memory.scores(question)[17]) == pytest.approx(float(expected), rel=0.02 if dtype == "int8" else 1e-5)
 
 
 def test_compression_keeps_the_most_attended_tokens_and_the_key_of_the_whole_frame():
@@ -95,13 +132,14 @@ def _vlm(model, **language) -> StreamingVLM:
     return StreamingVLM(cfg, model)
 
 
-def test_lossless_memory_answers_as_full_attention_over_every_frame(tiny_model, frames):
+@pytest.mark.parametrize("match", ["mean", "tokens"])
+def test_lossless_memory_answers_as_full_attention_over_every_frame(tiny_model, frames, match):
     """Compression off, k = every stored frame: the frames that left the window come back
     between the sinks and the window at contiguous positions, and the answer equals
     transformers' forward over all frames and the question."""
     from test_exactness import ATOL, QUESTION, _hf_prompt_ids, _pixels
 
-    vlm = _vlm(tiny_model, memory={"keep_ratio": 1.0, "dtype": "float32", "top_k": 16})
+    vlm = _vlm(tiny_model, memory={"keep_ratio": 1.0, "dtype": "float32", "top_k": 16, "match": match})
     stream = frames + [f[::-1].copy() for f in frames]  # 6 frames
     for i, frame in enumerate(stream):
         vlm.push(frame, (i + 1) * S)

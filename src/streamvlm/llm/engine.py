@@ -151,7 +151,7 @@ class StreamingEngine(ContextEngine):
 
     @torch.inference_mode()
     def probe_queries(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Mean query of these tokens [T, D] in every layer, before RoPE: [layers, q_heads, head_dim],
+        """The queries of these tokens [T, D] in every layer, before RoPE: [layers, T, q_heads, head_dim],
         computed over the context as it is. Nothing is appended (needs T free slots)."""
         captured: list[torch.Tensor] = []
         self._forward(embeds.to(self.device, self.dtype)[None], self.cache.length, capture=captured)
@@ -209,7 +209,7 @@ class StreamingEngine(ContextEngine):
         """Hidden states [1, T, D] for tokens at slots start..start+T-1, written into the cache.
 
         score: add to `buffers.scores` the attention each token gets from these tokens.
-        capture: append each layer's mean query before RoPE [q_heads, head_dim].
+        capture: append each layer's queries before RoPE [T, q_heads, head_dim].
         """
         steps = x.shape[1]
         end = start + steps
@@ -225,7 +225,7 @@ class StreamingEngine(ContextEngine):
         for index, layer in enumerate(self.language.layers):
             q, k, v = layer.qkv(x)  # [T, Hq, d], [T, Hkv, d], [T, Hkv, d], before RoPE
             if capture is not None:
-                capture.append(q.float().mean(dim=0))
+                capture.append(q.float())
             self.cache.buffers.write(index, start, k.transpose(0, 1), v.transpose(0, 1))
             q = _rotate(q.transpose(0, 1), cos_q, sin_q)  # [Hq, T, d]
             q = q.reshape(self.kv_heads, group * steps, self.head_dim)  # [Hkv, group*T, d]
