@@ -138,8 +138,16 @@ class PixelSpec:
         return cls(height, width, mean, std, rescale)
 
     def apply(self, frame_rgb: np.ndarray) -> torch.Tensor:
+        return self.normalize(torch.from_numpy(self.resize(frame_rgb))[None])  # [1, 3, H, W]
+
+    def resize(self, frame_rgb: np.ndarray) -> np.ndarray:
+        """The resized frame, still uint8 [3, H, W] (a quarter of the float's memory)."""
         image = Image.fromarray(frame_rgb)
         if image.size != self.size:
             image = image.resize(self.size, Image.Resampling.BICUBIC)
-        chw = np.asarray(image, np.float32).transpose(2, 0, 1) * self.rescale
-        return torch.from_numpy((chw - self.mean) / self.std)[None]  # [1, 3, H, W]
+        return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
+
+    def normalize(self, chw: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., 3, H, W] from `resize` -> the model's float32 input."""
+        mean, std = torch.from_numpy(self.mean), torch.from_numpy(self.std)
+        return (chw.to(torch.float32) * self.rescale - mean) / std

@@ -161,11 +161,21 @@ class Trainer:
             return state["vision_report"]
         rng = np.random.default_rng(s.seed)
         table = self.word_table()[0]
-        scenes = [evaluation_scene(VISION_SEEDS + k, 300) for k in range(s.vision_scenes)]
-        picks = [(int(rng.integers(len(scenes))), int(rng.integers(300))) for _ in range(s.vision_frames)]
+        picks = [(int(rng.integers(s.vision_scenes)), int(rng.integers(300))) for _ in range(s.vision_frames)]
         self.say(f"stage 1: rendering {len(picks)} frames")
-        pixels = torch.stack([self.render(scenes[k], i) for k, i in picks])
-        labels = torch.stack([self.cell_labels(scenes[k], i) for k, i in picks])
+        # Resized frames kept as uint8, one scene alive at a time: 30000 float frames and 800
+        # scenes' float64 backgrounds together outgrew 24 GiB.
+        side = VISION["image_size"]
+        pixels = torch.empty((len(picks), 3, side, side), dtype=torch.uint8)
+        labels = torch.empty((len(picks), CELLS), dtype=torch.long)
+        rows_of: dict[int, list[int]] = {}
+        for row, (k, _) in enumerate(picks):
+            rows_of.setdefault(k, []).append(row)
+        for k, rows in sorted(rows_of.items()):
+            scene = evaluation_scene(VISION_SEEDS + k, 300)
+            for row in rows:
+                pixels[row] = torch.from_numpy(self.pixels.resize(scene.frame(picks[row][1])))
+                labels[row] = self.cell_labels(scene, picks[row][1])
         self.data_sha256 = ""
         self.record(pixels, labels)
         params = list(self.inner.vision_tower.parameters()) + list(self.inner.multi_modal_projector.parameters())
@@ -189,7 +199,8 @@ class Trainer:
             for first in range(0, len(picks), batch):
                 rows = order[first:first + batch]
                 with self.autocast():
-                    tokens = self.project(self.features(pixels[rows].to(self.device))).float()  # [B, 16, D]
+                    inputs = self.pixels.normalize(pixels[rows]).to(self.device)
+                    tokens = self.project(self.features(inputs)).float()  # [B, 16, D]
                 target = labels[rows].to(self.device)
                 # Regression onto the words' embeddings, plus a classification over the
                 # same table so that near-identical shape words are pulled apart.
