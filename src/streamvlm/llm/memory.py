@@ -9,13 +9,15 @@ After LiveVLM (arXiv 2505.15269) and ReKV (ICLR 2025, github.com/Becomebright/Re
   layer, taken over all of its tokens before compression; a question's summary is the mean
   of its queries before RoPE. A frame's score is the cosine of the two, with each key head
   repeated for the query heads that share it, averaged over layers.
-- `match: tokens`: late interaction as in ColBERT (Khattab & Zaharia, SIGIR 2020). Each
-  query of each question token meets each kept key of a frame (the attention logit it
-  would give that token, RoPE aside); the frame scores its best key per query, averaged
-  over question tokens, query heads and layers. A mean over a frame dilutes a small object
-  (one token of many) and a mean over a question its few content words: on the evaluation
-  streams the frame holding a needle ranked in the top 16 for 3 of 7 needle questions by
-  mean and 7 of 7 by tokens. It costs one pass over every stored key per question.
+- `match: tokens`: each query of each question token (before RoPE) attends over every
+  kept key in memory, as if all of memory were in the context; a frame scores the
+  attention it receives, summed over question tokens, query heads and layers. A mean over
+  a frame dilutes a small object (one token of many) and a mean over a question its few
+  content words. On two evaluation streams the frame holding a needle ranked in the top
+  16 of 228 stored frames for 7 of 7 needle questions by tokens and 3 by mean; of 888
+  frames, for 5 of 8 by tokens and 1 by mean (3 of 8 taking each query's best key per frame, as ColBERT's
+  late interaction does, instead of its attention). It costs one pass over every stored
+  key per question.
 - ReKV retrieves per layer; one ranking for all layers is used here so that an answer can
   name the frames it used.
 - The store is bounded in frames and in bytes; when full, the oldest frame is dropped.
@@ -49,7 +51,7 @@ class MemorySettings:
                          range=(0, 4096))
     dtype: str = setting("int8", "how memory stores keys and values", choices=STORE_DTYPES)
     match: str = setting("mean", "how a question finds frames: mean (its mean query against each frame's mean key, "
-                         "ReKV) or tokens (each question token against each kept key, best per frame)",
+                         "ReKV) or tokens (the attention its tokens give each frame's kept keys)",
                          choices=MATCHES)
 
     def __post_init__(self):
@@ -199,8 +201,8 @@ class FrameMemory:
         return (dot / norms.clamp_min(1e-12)).mean(dim=1)
 
     def _token_scores(self, queries: torch.Tensor) -> torch.Tensor:
-        """[frames]: per layer, query head and question token, the largest logit over each
-        frame's kept keys; averaged over all of those."""
+        """[frames]: the attention each frame's kept tokens would receive from every query
+        (per layer, query head and question token, a softmax over all stored keys), summed."""
         layers, steps, q_heads, dim = queries.shape
         device = queries.device
         counts = torch.tensor([f.tokens for f in self.frames], device=device)
@@ -211,11 +213,9 @@ class FrameMemory:
             kv_heads = keys.shape[0]
             q = queries[layer].float().reshape(steps, kv_heads, q_heads // kv_heads, dim)
             q = q.permute(1, 0, 2, 3).reshape(kv_heads, -1, dim)  # [Hkv, T * group, d]
-            logits = torch.matmul(q, keys.transpose(1, 2))  # [Hkv, T * group, N]
-            best = logits.new_full((*logits.shape[:2], len(self.frames)), float("-inf"))
-            best.scatter_reduce_(2, owner.expand_as(logits), logits, reduce="amax")
-            total += best.mean(dim=(0, 1))
-        return total / (layers * math.sqrt(dim))
+            attention = (torch.matmul(q, keys.transpose(1, 2)) / math.sqrt(dim)).softmax(dim=-1)  # [Hkv, T*g, N]
+            total.index_add_(0, owner, attention.sum(dim=(0, 1)))
+        return total
 
     def retrieve(self, queries: torch.Tensor, max_tokens: int, device: torch.device, dtype: torch.dtype
                  ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
