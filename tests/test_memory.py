@@ -6,6 +6,8 @@ test uses the tiny LLaVA-OneVision against transformers' own forward.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -50,11 +52,15 @@ def test_the_frame_whose_key_matches_the_question_is_retrieved_first():
     assert len(memory.retrieve(_query_for(frames[3][0]), 25, torch.device("cpu"), torch.float32)) == 2
 
 
+_SHARED = torch.nn.functional.normalize(torch.randn(DIM, generator=torch.Generator().manual_seed(5)), dim=0)
+
+
 def _needle_question(direction: torch.Tensor, steps: int = 8, seed: int = 99) -> torch.Tensor:
-    """[layers, steps, q_heads, d]: small random queries (words that attend broadly), and one
-    that points along `direction` [layers, kv_heads, d] (the content word)."""
+    """[layers, steps, q_heads, d]: small random queries sharing one direction (words that
+    attend broadly, and alike), and one that points along `direction` [layers, kv_heads, d]
+    (the content word)."""
     g = torch.Generator().manual_seed(seed)
-    queries = 0.5 * torch.randn(LAYERS, steps, KV_HEADS * GROUP, DIM, generator=g)
+    queries = 0.5 * torch.randn(LAYERS, steps, KV_HEADS * GROUP, DIM, generator=g) + _SHARED
     queries[:, steps // 2] = 2 * direction.repeat_interleave(GROUP, dim=1)
     return queries
 
@@ -71,8 +77,14 @@ def test_token_matching_finds_the_frame_holding_one_matching_token(dtype):
         direction = torch.nn.functional.normalize(torch.randn(LAYERS, KV_HEADS, DIM, generator=g), dim=-1)
         frames[target][0][:, :, 6] = 6 * direction
         needles[target] = direction
+    # Each frame's first two tokens are its time marker (importance +inf), with keys every
+    # query would attend to: retrieval leaves them out.
+    header = torch.tensor([float("inf")] * 2 + [1.0] * 8)
     for i, (k, v) in enumerate(frames):
-        memory.add(k, v, torch.ones(10), (i + 1) * S)
+        k[:, :, :2] = 4 * _SHARED * (1 + i / 40)  # later markers a little louder
+        memory.add(k, v, header, (i + 1) * S)
+    assert [f.header for f in memory.frames] == [2] * 40
+    question = _needle_question(needles[17])
     for target, direction in needles.items():
         scores = memory.scores(_needle_question(direction))
         assert int(scores.argmax()) == target
@@ -81,10 +93,9 @@ def test_token_matching_finds_the_frame_holding_one_matching_token(dtype):
         assert (target + 1) * S in stamps
     # Brute force: every query (layer, query head, question token) attends over all stored
     # keys, its key head shared by its group of query heads; a frame gets the attention its keys receive.
-    question = _needle_question(needles[17])
-    keys = torch.cat([k for k, _ in frames], dim=2).repeat_interleave(GROUP, dim=1)  # [layers, q_heads, 400, d]
+    keys = torch.cat([k[:, :, 2:] for k, _ in frames], dim=2).repeat_interleave(GROUP, dim=1)  # [layers, q_heads, 320, d]
     attention = (torch.einsum("ltqd,lqnd->ltqn", question, keys) / DIM**0.5).softmax(dim=-1)
-    expected = attention.reshape(*attention.shape[:3], len(frames), 10).sum(dim=(0, 1, 2, 4))
+    expected = attention.reshape(*attention.shape[:3], len(frames), 8).sum(dim=(0, 1, 2, 4))
     torch.testing.assert_close(memory.scores(question), expected, rtol=0.05 if dtype == "int8" else 1e-5,
                                atol=0.05 if dtype == "int8" else 1e-4)
 
@@ -226,3 +237,16 @@ def test_a_frames_time_marker_is_always_kept_and_the_ratio_applies_to_the_rest()
     memory.add(keys, values, importance, S)
     assert memory.frames[0].tokens == 3 + 2  # the marker, and a quarter of the 8 visual tokens
     assert torch.equal(memory.frames[0].keys, keys[:, :, [0, 1, 2, 4, 8]])
+
+
+@pytest.mark.parametrize("keep_ratio", [1.0, 0.5])
+def test_memory_knows_each_frames_time_marker_whether_or_not_frames_are_scored(tiny_model, keep_ratio):
+    vlm = _vlm(tiny_model, cache={"vision_window_frames": 1}, memory={"keep_ratio": keep_ratio, "top_k": 2})
+    engine = vlm.language.engine
+    engine.cache.buffers.scores.fill_(float("inf"))  # stale values must not pose as a marker
+    hidden = tiny_model.decoder.config.hidden_size
+    for i in range(4):
+        engine.prefill_frame(torch.randn(12, hidden) * 0.02, (i + 1) * S, header=3)
+    stored = engine.memory.frames
+    assert len(stored) >= 2 and all(f.header == 3 for f in stored)
+    assert all(f.tokens == 3 + math.ceil(keep_ratio * 9) for f in stored)
