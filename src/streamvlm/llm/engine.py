@@ -191,9 +191,10 @@ class StreamingEngine(ContextEngine):
                 outputs.append(self.lm_head(hidden)[0].float())
             elif logits and offset + self.prefill_chunk >= steps:
                 outputs.append(self.lm_head(hidden[:, -1])[0].float())
-        if kind == FRAME and self.memory is not None:
+        if kind == FRAME:
             # Memory keeps a frame's time marker whole and leaves it out of retrieval: mark it,
-            # also when the frame is not scored (nothing compressed), so stale scores never pose as one.
+            # also when the frame is not scored (nothing compressed, or memory attached only
+            # later), so that stale scores never pose as one.
             scores = self.cache.buffers.scores[0, 0, start:start + steps, 0]
             if not score:
                 scores.zero_()
