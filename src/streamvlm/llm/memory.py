@@ -213,7 +213,7 @@ class FrameMemory:
         owner = torch.repeat_interleave(torch.arange(len(self.frames), device=device), counts)  # [N] frame of each key
         total = torch.zeros(len(self.frames), device=device)
         for layer in range(layers):  # one layer's logits at a time bounds the working memory
-            keys = torch.cat([_keys(f, layer, device)[:, f.header:] for f in self.frames], dim=1)  # [Hkv, N, d]
+            keys = torch.cat([_content_keys(f, layer, device) for f in self.frames], dim=1)  # [Hkv, N, d]
             kv_heads = keys.shape[0]
             q = queries[layer].float().reshape(steps, kv_heads, q_heads // kv_heads, dim)
             q = q.permute(1, 0, 2, 3).reshape(kv_heads, -1, dim)  # [Hkv, T * group, d]
@@ -254,10 +254,13 @@ def _quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x.float() / scale).to(torch.int8), scale.to(torch.float16)
 
 
-def _keys(frame: StoredFrame, layer: int, device: torch.device) -> torch.Tensor:
-    """One layer's stored keys [kv_heads, n, head_dim] as float32 on `device`."""
-    keys = frame.keys[layer].to(device).float()
-    return keys * frame.key_scale[layer].to(device).float() if frame.key_scale is not None else keys
+def _content_keys(frame: StoredFrame, layer: int, device: torch.device) -> torch.Tensor:
+    """One layer's stored keys after the time marker [kv_heads, n - header, head_dim], as float32
+    on `device` (the marker is cut before it is moved or dequantized)."""
+    keys = frame.keys[layer, :, frame.header:].to(device).float()
+    if frame.key_scale is None:
+        return keys
+    return keys * frame.key_scale[layer, :, frame.header:].to(device).float()
 
 
 def _unpack(frame: StoredFrame, device: torch.device, dtype: torch.dtype):
