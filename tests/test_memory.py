@@ -36,7 +36,7 @@ def _memory(**settings) -> FrameMemory:
 
 
 def test_the_frame_whose_key_matches_the_question_is_retrieved_first():
-    memory = _memory()
+    memory = _memory(match="mean")  # ReKV's cosine of means: the target scores 1
     frames = [_frame(i) for i in range(12)]
     for i, (k, v) in enumerate(frames):
         memory.add(k, v, torch.ones(10), (i + 1) * S)
@@ -198,7 +198,7 @@ def test_retrieval_leaves_the_streaming_cache_as_it_was(tiny_model):
 
 
 def test_retrieval_keys_stay_in_step_over_many_frames():
-    memory = _memory(max_frames=50)
+    memory = _memory(max_frames=50, match="mean")
     frames = [_frame(i, tokens=2) for i in range(300)]
     for i, (k, v) in enumerate(frames):
         memory.add(k, v, torch.ones(2), i * S)

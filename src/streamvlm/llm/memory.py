@@ -17,8 +17,10 @@ After LiveVLM (arXiv 2505.15269) and ReKV (ICLR 2025, github.com/Becomebright/Re
   words. Measured on evaluation streams of 15 minutes (888 frames in memory), the frame
   where a needle first appeared ranked in the top 16 for 11 of 12 needle questions by
   tokens (9 with markers attended, fewer taking each query's best key per frame as
-  ColBERT's late interaction does), and for 1 of 8 by mean. It costs one pass over every
-  stored key per question.
+  ColBERT's late interaction does), and for 1 of 8 by mean. In `bench qa` (4 streams, 30
+  needle questions) the answers attended to the needle's frame 0.73 of the time with
+  tokens, 0.30 with mean, at the same short-range accuracy, so tokens is the default. It
+  costs one pass over every stored key per question (7% more time in that run).
 - ReKV retrieves per layer; one ranking for all layers is used here so that an answer can
   name the frames it used.
 - The store is bounded in frames and in bytes; when full, the oldest frame is dropped.
@@ -51,7 +53,7 @@ class MemorySettings:
     top_k: int = setting(16, "frames brought back from memory for each question (0: no retrieval)",
                          range=(0, 4096))
     dtype: str = setting("int8", "how memory stores keys and values", choices=STORE_DTYPES)
-    match: str = setting("mean", "how a question finds frames: mean (its mean query against each frame's mean key, "
+    match: str = setting("tokens", "how a question finds frames: mean (its mean query against each frame's mean key, "
                          "ReKV) or tokens (the attention its tokens give each frame's kept keys)",
                          choices=MATCHES)
 
