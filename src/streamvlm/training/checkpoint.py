@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 STATE = "state.pt"
+VISION = "vision.pt"  # stage 1's result, reused by a later training with the same stage 1
 
 
 class Interrupted(RuntimeError):
@@ -72,6 +73,24 @@ class Checkpoints:
             where = f"a checkpoint in {self.folder}" if path is not None else "no checkpoint folder"
             raise Interrupted(f"stopped after {self.seconds_this_session:.0f} s at {stage} step {step} "
                               f"({where}); run the same command with --resume to go on")
+
+    def save_vision(self, key: dict, parts: dict[str, Any]) -> None:
+        """Keep stage 1's result beside the state: it takes most of an hour on a 2-core CPU,
+        and a change to stage 2 alone (its recipe, its steps) need not pay for it again."""
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            scratch = self.folder / (VISION + ".tmp")
+            torch.save({"key": key, **parts}, scratch)
+            os.replace(scratch, self.folder / VISION)
+
+    def load_vision(self, key: dict) -> dict[str, Any] | None:
+        """Stage 1's saved result when it was made with this key (stage-1 settings, thread
+        count, torch, and the hash of stage 1's frames and labels), else None."""
+        path = None if self.folder is None else self.folder / VISION
+        if path is None or not path.exists():
+            return None
+        saved = torch.load(path, weights_only=False)
+        return saved if saved["key"] == key else None
 
     @property
     def seconds_this_session(self) -> float:

@@ -21,7 +21,9 @@ def add_parsers(commands) -> None:
     evaluation.add_argument("--out", type=Path, default=packaged_weights(), help="trained parts (.safetensors)")
     evaluation.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluation.add_argument("--checkpoint", type=Path, default=Path("build/train-eval-checkpoint"),
-                            help="folder where the training state is saved as it goes ('' : none)")
+                            help="folder where the training state is saved as it goes ('' : none); stage 1's result "
+                                 "is kept there too (vision.pt) and reused by a training with the same stage-1 "
+                                 "settings and data (delete it after changing stage 1's code)")
     evaluation.add_argument("--resume", action="store_true", help="go on from the last checkpoint")
     evaluation.add_argument("--max-minutes", type=float, metavar="M",
                             help="stop at the first checkpoint after M minutes (then run again with --resume)")

@@ -178,6 +178,14 @@ class Trainer:
                 labels[row] = self.cell_labels(scene, picks[row][1])
         self.data_sha256 = ""
         self.record(pixels, labels)
+        key = self._vision_key()
+        saved = checkpoints.load_vision(key) if state is None else None
+        if saved is not None:  # the same stage 1 finished in an earlier training: same bytes
+            restore_modules(saved["vision"], *modules)
+            torch.set_rng_state(saved["rng"])
+            checkpoints.seconds_before = saved["seconds"]
+            self.say(f"stage 1: reused from an earlier training with the same stage 1 ({saved['seconds']:.0f} s)")
+            return saved["vision_report"]
         params = list(self.inner.vision_tower.parameters()) + list(self.inner.multi_modal_projector.parameters())
         for p in params:
             p.requires_grad_(True)
@@ -235,8 +243,19 @@ class Trainer:
         accuracy, whole = correct / max(objects, 1), frames_right / max(frames, 1)
         self.say(f"stage 1: held-out object cells read right {accuracy:.3f} ({objects} objects), "
                  f"whole frames {whole:.3f} ({frames})")
-        return {"loss": round(loss.item(), 5), "cell_accuracy": round(accuracy, 4), "frame_accuracy": round(whole, 4),
-                "steps": step}
+        report = {"loss": round(loss.item(), 5), "cell_accuracy": round(accuracy, 4), "frame_accuracy": round(whole, 4),
+                  "steps": step}
+        checkpoints.save_vision(key, {"vision": module_states(*modules), "vision_report": report,
+                                      "rng": torch.get_rng_state(), "seconds": checkpoints.seconds})
+        return report
+
+    def _vision_key(self) -> dict:
+        """What stage 1's result depends on, beyond its code: its settings, the thread count
+        and torch (summation order), and the frames and labels it is trained on."""
+        stage1 = ("seed", "threads", "vision_scenes", "vision_frames", "vision_epochs", "vision_lr", "autocast",
+                  "device")
+        return {**{name: getattr(self.s, name) for name in stage1}, "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(), "data_sha256": self.data_sha256}
 
     # --- stage 2 ------------------------------------------------------------------------
 
