@@ -51,6 +51,14 @@ def tiny_model():
     return load_model(ModelConfig(name="tiny", fallback_to_tiny=False))
 
 
+@pytest.fixture(scope="session")
+def tiny_smolvlm():
+    from streamvlm.config import ModelConfig
+    from streamvlm.models import load_model
+
+    return load_model(ModelConfig(name="tiny-smolvlm", fallback_to_tiny=False))
+
+
 @pytest.fixture
 def frames():
     import numpy as np

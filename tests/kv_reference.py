@@ -16,39 +16,52 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 
 class KeptTokensReference:
-    def __init__(self, decoder, lm_head):
+    """mrope: the decoder takes 3-D positions (Qwen2-VL); each token then comes with its
+    layout row (offsets from its start, move to the next start; `llm.kv_cache`), and the
+    kept tokens' positions are laid out afresh from their rows after every eviction."""
+
+    def __init__(self, decoder, lm_head, mrope: bool = False):
         self.decoder = decoder
         self.lm_head = lm_head
+        self.mrope = mrope
         layers = len(decoder.layers)
         self.keys: list[torch.Tensor | None] = [None] * layers  # [1, Hkv, L, d] before RoPE
         self.values: list[torch.Tensor | None] = [None] * layers
+        self.rows = torch.zeros(0, 4, dtype=torch.long)  # mrope: the kept tokens' layout rows
 
     @property
     def length(self) -> int:
         return 0 if self.keys[0] is None else self.keys[0].shape[2]
 
-    def _rope(self, length_from: int, length_to: int, inverse: bool = False):
-        positions = torch.arange(length_from, length_to)[None]
-        probe = torch.zeros(1, 1, dtype=self.decoder.get_input_embeddings().weight.dtype)
-        cos, sin = self.decoder.rotary_emb(probe, positions)
-        return cos, (-sin if inverse else sin)
+    def _positions(self, start: int, end: int) -> torch.Tensor:
+        """Positions of kept tokens start..end-1: [1, n], or [3, 1, n] for mrope."""
+        if not self.mrope:
+            return torch.arange(start, end)[None]
+        moves = self.rows[:, 3]
+        starts = torch.cumsum(moves, 0) - moves
+        return (starts[:, None] + self.rows[:, :3]).T[:, None, start:end]
 
     def _rotate(self, keys: torch.Tensor, start: int, inverse: bool = False) -> torch.Tensor:
-        cos, sin = self._rope(start, start + keys.shape[2], inverse)
-        return apply_rotary_pos_emb(keys, keys, cos, sin)[1]
+        probe = torch.zeros(1, 1, dtype=self.decoder.get_input_embeddings().weight.dtype)
+        cos, sin = self.decoder.rotary_emb(probe, self._positions(start, start + keys.shape[2]))
+        return apply_rotary_pos_emb(keys, keys, cos, -sin if inverse else sin)[1]
 
     @torch.inference_mode()
-    def feed(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Embeddings [T, D] after the kept tokens; returns logits [T, V]."""
+    def feed(self, embeds: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings [T, D] after the kept tokens (mrope: with their layout [T, 4], None for
+        text); returns logits [T, V]."""
         start, steps = self.length, embeds.shape[0]
+        if self.mrope:
+            new = torch.tensor([[0, 0, 0, 1]] * steps) if layout is None else layout.long()
+            self.rows = torch.cat([self.rows, new])
         cache = DynamicCache()
         if start:
             for layer, (k, v) in enumerate(zip(self.keys, self.values)):
                 cache.update(self._rotate(k, 0), v, layer)
-        out = self.decoder(inputs_embeds=embeds[None], position_ids=torch.arange(start, start + steps)[None],
-                           past_key_values=cache, use_cache=True)
+        out = self.decoder(inputs_embeds=embeds[None], position_ids=self._positions(start, start + steps),
+                           cache=cache, use_cache=True)
         for layer in range(len(self.keys)):
-            new_k = cache.layers[layer].keys[:, :, start:]  # rotated at start..start+T-1 by transformers
+            new_k = cache.layers[layer].keys[:, :, start:]  # rotated at their positions by transformers
             new_v = cache.layers[layer].values[:, :, start:]
             new_k = self._rotate(new_k, start, inverse=True)
             self.keys[layer] = new_k if not start else torch.cat([self.keys[layer], new_k], dim=2)
@@ -63,3 +76,5 @@ class KeptTokensReference:
         keep = torch.tensor([i for i in range(self.length) if i not in gone], dtype=torch.long)
         self.keys = [k.index_select(2, keep) for k in self.keys]
         self.values = [v.index_select(2, keep) for v in self.values]
+        if self.mrope:
+            self.rows = self.rows.index_select(0, keep)

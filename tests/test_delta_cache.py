@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from streamvlm.config import ModelConfig
+from streamvlm.models import load_model
 from streamvlm.vision.delta_cache import DeltaSettings, DeltaViT
 from streamvlm.vision.encoder import VisionEncoder
 from streamvlm.vision.towers import random_siglip, siglip_pixels
@@ -15,10 +17,16 @@ from streamvlm.vision.towers import random_siglip, siglip_pixels
 ATOL = 1e-4  # float32; the partial pass sums attention over the same keys in another order
 
 
-@pytest.fixture(scope="module", params=["tiny", "base"])
+@pytest.fixture(scope="module", params=["tiny", "tiny-smolvlm", "tiny-qwen2vl", "tiny-qwen25vl", "base"])
 def tower(request, tiny_model):
     if request.param == "tiny":
         return tiny_model.tower, tiny_model.preprocess
+    if request.param == "tiny-smolvlm":
+        smolvlm = request.getfixturevalue("tiny_smolvlm")
+        return smolvlm.tower, smolvlm.preprocess
+    if request.param.startswith("tiny-qwen"):  # 2-D RoPE in every layer; 2.5: windowed layers too
+        qwen = load_model(ModelConfig(name=request.param, fallback_to_tiny=False))
+        return qwen.tower, qwen.preprocess
     return random_siglip("base"), siglip_pixels
 
 

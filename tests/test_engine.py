@@ -20,7 +20,9 @@ from transformers import DynamicCache
 
 from streamvlm.llm.decoding import Sampling, generate
 from streamvlm.llm.engine import StreamingEngine
-from streamvlm.llm.kv_cache import FRAME, TEXT, CacheLayout
+from streamvlm.config import ModelConfig
+from streamvlm.llm.kv_cache import FRAME, TEXT, CacheLayout, frame_layout
+from streamvlm.models import load_model
 
 S = 10**9
 
@@ -28,9 +30,19 @@ S = 10**9
 class Decoder:
     """The decoder, head and a source of real-looking inputs of one test model."""
 
-    def __init__(self, name, decoder, lm_head, ids, atol):
+    def __init__(self, name, decoder, lm_head, ids, atol, language=None):
         self.name, self.decoder, self.lm_head, self.ids, self.atol = name, decoder, lm_head, ids, atol
         self.hidden = decoder.config.hidden_size
+        self.language = language or decoder  # what the engine runs (an M-RoPE decoder needs its adapter's)
+        self.mrope = language is not None and language.position_axes == 3
+
+    def layout(self, kind: str, size: int) -> torch.Tensor | None:
+        """M-RoPE: a frame is a 2-token marker, `size - 3` of a 5x5 grid's cells (pruned: some
+        cells missing), and a closing token; text (and every 1-D token) is None."""
+        if not self.mrope or kind == TEXT:
+            return None
+        cells = torch.randperm(25, generator=torch.Generator().manual_seed(size))[:size - 3].sort().values
+        return frame_layout(2, cells, (5, 5), 1)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.decoder.get_input_embeddings()(ids[None])[0].detach()
@@ -42,28 +54,36 @@ class Decoder:
         return self.embed(ids) + 0.5 * self.embed(ids.roll(1))
 
 
-@pytest.fixture(params=["tiny", "smollm2"])
+@pytest.fixture(params=["tiny", "tiny-smolvlm", "smollm2", "tiny-qwen2vl"])
 def model(request, tiny_model, prose):
     if request.param == "tiny":
         ids = tiny_model.tokenize(prose[:4000])[0]
         return Decoder("tiny", tiny_model.decoder, tiny_model.lm_head, ids, atol=1e-5)
+    if request.param == "tiny-smolvlm":
+        smolvlm = request.getfixturevalue("tiny_smolvlm")
+        ids = smolvlm.tokenize(prose[:4000])[0]
+        return Decoder("tiny-smolvlm", smolvlm.decoder, smolvlm.lm_head, ids, atol=1e-5)
+    if request.param == "tiny-qwen2vl":  # M-RoPE
+        qwen = load_model(ModelConfig(name="tiny-qwen2vl", fallback_to_tiny=False))
+        return Decoder("tiny-qwen2vl", qwen.decoder, qwen.lm_head, qwen.tokenize(prose[:4000])[0], atol=1e-5,
+                       language=qwen.language)
     lm = request.getfixturevalue("smollm2")
     # Logits of this model reach about 40: float32 summation-order differences reach 1e-4.
     return Decoder("smollm2", lm.decoder, lm.lm_head, lm.tokenize(prose[:4000]), atol=5e-4)
 
 
 def test_a_no_eviction_equals_transformers_forward_and_its_cache(model):
-    engine = StreamingEngine(model.decoder, model.lm_head, CacheLayout(budget_tokens=1024), prefill_chunk=37)
+    engine = StreamingEngine(model.language, model.lm_head, CacheLayout(budget_tokens=1024), prefill_chunk=37)
     prompt, steps = model.ids[:300], model.ids[300:310]
     with torch.inference_mode():
         ours = engine.prefill_tokens(prompt, all_logits=True)  # 300 tokens in chunks of 37
         cache = DynamicCache()
-        out = model.decoder(input_ids=prompt[None], past_key_values=cache, use_cache=True)
+        out = model.decoder(input_ids=prompt[None], cache=cache, use_cache=True)
         theirs = model.lm_head(out.last_hidden_state)[0]
         torch.testing.assert_close(ours, theirs, atol=model.atol, rtol=0)
         for token in steps:  # decode, one token at a time, against transformers' own cache
             ours = engine.prefill_tokens(token[None])
-            out = model.decoder(input_ids=token[None, None], past_key_values=cache, use_cache=True)
+            out = model.decoder(input_ids=token[None, None], cache=cache, use_cache=True)
             torch.testing.assert_close(ours, model.lm_head(out.last_hidden_state)[0, -1], atol=model.atol, rtol=0)
     assert engine.length == 310 and engine.cache.evicted_tokens == 0
 
@@ -99,8 +119,8 @@ def test_a_sampled_answer_equals_transformers_generate_with_the_same_seed(smollm
 
 def _stream(model, layout, events, check_every=True):
     """Feed events to the engine and the reference side by side; returns both last logits."""
-    engine = StreamingEngine(model.decoder, model.lm_head, layout, prefill_chunk=23)
-    reference = KeptTokensReference(model.decoder, model.lm_head)
+    engine = StreamingEngine(model.language, model.lm_head, layout, prefill_chunk=23)
+    reference = KeptTokensReference(model.decoder, model.lm_head, mrope=model.mrope)
     text_at = 0
     ours = theirs = None
     for kind, size, stamp in events:
@@ -110,9 +130,10 @@ def _stream(model, layout, events, check_every=True):
             embeds = model.embed(model.ids[text_at:text_at + size])
             text_at += size
         reference.evict(engine.cache.make_room(size, kind, stamp))
+        rows = model.layout(kind, size)
         with torch.inference_mode():
-            ours = engine.prefill(embeds, logits=True, kind=kind, stamp_ns=stamp, evict=False)
-        theirs = reference.feed(embeds)[-1]
+            ours = engine.prefill(embeds, logits=True, kind=kind, stamp_ns=stamp, evict=False, layout=rows)
+        theirs = reference.feed(embeds, rows)[-1]
         if check_every:
             torch.testing.assert_close(ours, theirs, atol=model.atol, rtol=0)
         assert reference.length == engine.length <= layout.budget_tokens
@@ -135,12 +156,12 @@ def test_b_after_evictions_equals_full_attention_over_the_kept_tokens(model):
     assert engine.cache.evicted_tokens > 200  # evictions of frames and of text happened
     assert engine.frame_stamps == [11 * S, 12 * S, 13 * S, 14 * S]
     # And eviction mattered: full attention over everything gives other logits.
-    everything = KeptTokensReference(model.decoder, model.lm_head)
+    everything = KeptTokensReference(model.decoder, model.lm_head, mrope=model.mrope)
     text_at = 0
     for kind, size, stamp in _events(frames=14, frame_tokens=24):
         embeds = model.frame(stamp, size) if kind == FRAME else model.embed(model.ids[text_at:text_at + size])
         text_at += size if kind == TEXT else 0
-        full = everything.feed(embeds)[-1]
+        full = everything.feed(embeds, model.layout(kind, size))[-1]
     assert float((full - ours).abs().max()) > 100 * model.atol
 
 

@@ -12,7 +12,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamvlm.llm.kv_cache import FRAME, TEXT, CacheFull, CacheLayout, KVBuffers, PositionShift, StreamingPolicy
+from streamvlm.llm.kv_cache import (
+    FRAME,
+    TEXT,
+    CacheFull,
+    CacheLayout,
+    KVBuffers,
+    StreamingPolicy,
+    frame_layout,
+)
 
 S = 10**9
 
@@ -204,8 +212,10 @@ def test_close_gaps_equals_deleting_the_ranges(used, data):
 
 
 def _mrope_positions(spans: list[tuple[str, int, int]]) -> torch.Tensor:
-    """Qwen2-VL's rule laid out fresh: text has t = h = w = next index; a frame of a
-    (rows x cols) grid has t fixed, h and w over the grid, from the next index."""
+    """Qwen2-VL's rule laid out fresh (transformers' get_rope_index): text has t = h = w =
+    the next index; a frame of a (rows x cols) grid has t = the next index and h, w over the
+    grid from it, and the text after it starts max(rows, cols) later ("<|vision_end|>",
+    here one token closing each frame)."""
     columns, nxt = [], 0
     for kind, rows, cols in spans:
         if kind == TEXT:
@@ -213,19 +223,32 @@ def _mrope_positions(spans: list[tuple[str, int, int]]) -> torch.Tensor:
             nxt += rows
         else:
             h, w = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-            frame = torch.stack([torch.zeros(rows * cols, dtype=torch.long), h.flatten(), w.flatten()]) + nxt
-            columns.append(frame)
-            nxt = int(frame.max()) + 1
+            columns.append(torch.stack([torch.zeros(rows * cols, dtype=torch.long), h.flatten(), w.flatten()]) + nxt)
+            nxt += max(rows, cols)
+            columns.append(torch.tensor([nxt] * 3)[:, None])  # the closing text
+            nxt += 1
     return torch.cat(columns, dim=1)
 
 
-def test_mrope_uniform_shift_gives_the_fresh_layout_of_the_kept_tokens():
+def test_mrope_layout_after_eviction_is_the_fresh_layout_of_the_kept_tokens():
     stream = [(TEXT, 5, 0), (FRAME, 3, 4), (TEXT, 2, 0), (FRAME, 2, 5), (TEXT, 3, 0)]
-    positions = _mrope_positions(stream)
-    sizes = [rows if kind == TEXT else rows * cols for kind, rows, cols in stream]
-    first = sum(sizes[:1])
-    removed = positions[:, first:first + sizes[1]]
-    later = positions[:, first + sizes[1]:].clone()
-    PositionShift.shift(later, PositionShift.extent(removed))
-    kept = torch.cat([positions[:, :first], later], dim=1)
-    assert torch.equal(kept, _mrope_positions([stream[0], *stream[2:]]))
+    buffers = KVBuffers(1, 1, 4, 64, torch.float32, torch.device("cpu"))
+    slot, spans = 0, []
+    for kind, rows, cols in stream:
+        layout = None if kind == TEXT else frame_layout(0, torch.arange(rows * cols), (rows, cols), 1)
+        steps = rows if kind == TEXT else rows * cols + 1
+        buffers.write_layout(slot, steps, layout)
+        spans.append((slot, steps))
+        slot += steps
+    assert torch.equal(buffers.positions(slot), _mrope_positions(stream))
+    buffers.close_gaps([spans[1]], slot)  # the first frame leaves
+    assert torch.equal(buffers.positions(slot - spans[1][1]), _mrope_positions([stream[0], *stream[2:]]))
+
+
+def test_a_pruned_frame_keeps_its_tokens_grid_positions():
+    layout = frame_layout(2, torch.tensor([1, 5, 6]), (3, 4), 1)  # a marker of 2 tokens, 3 of 12 cells kept
+    buffers = KVBuffers(1, 1, 4, 16, torch.float32, torch.device("cpu"))
+    buffers.write_layout(0, 6, layout)
+    buffers.write_layout(6, 1, None)
+    expected = torch.tensor([[0, 1, 2, 2, 2, 6, 7], [0, 1, 2, 3, 3, 6, 7], [0, 1, 3, 3, 4, 6, 7]])
+    assert torch.equal(buffers.positions(7), expected)

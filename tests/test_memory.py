@@ -44,9 +44,9 @@ def test_the_frame_whose_key_matches_the_question_is_retrieved_first():
         scores = memory.scores(_query_for(frames[target][0]))
         assert int(scores.argmax()) == target and float(scores[target]) == pytest.approx(1.0, abs=1e-3)
         chosen = memory.retrieve(_query_for(frames[target][0]), 1000, torch.device("cpu"), torch.float32)
-        stamps = [stamp for _, _, stamp in chosen]
+        stamps = [frame.stamp_ns for frame in chosen]
         assert len(stamps) == 3 and (target + 1) * S in stamps and stamps == sorted(stamps)  # time order
-        keys, values, _ = chosen[stamps.index((target + 1) * S)]
+        keys, values, *_ = chosen[stamps.index((target + 1) * S)]
         assert torch.equal(keys, frames[target][0]) and torch.equal(values, frames[target][1])
     # A token limit takes the best frames that fit.
     assert len(memory.retrieve(_query_for(frames[3][0]), 25, torch.device("cpu"), torch.float32)) == 2
@@ -88,7 +88,7 @@ def test_token_matching_finds_the_frame_holding_one_matching_token(dtype):
     for target, direction in needles.items():
         scores = memory.scores(_needle_question(direction))
         assert int(scores.argmax()) == target
-        stamps = [stamp for _, _, stamp in memory.retrieve(_needle_question(direction), 1000, torch.device("cpu"),
+        stamps = [frame.stamp_ns for frame in memory.retrieve(_needle_question(direction), 1000, torch.device("cpu"),
                                                            torch.float32)]
         assert (target + 1) * S in stamps
     # Brute force: every query (layer, query head, question token) attends over all stored
@@ -116,7 +116,7 @@ def test_int8_storage_is_close_and_four_times_smaller():
     keys, values = _frame(1, tokens=64)
     exact.add(keys, values, torch.ones(64), S)
     small.add(keys, values, torch.ones(64), S)
-    k, v, _ = small.retrieve(_query_for(keys), 1000, torch.device("cpu"), torch.float32)[0]
+    k, v, *_ = small.retrieve(_query_for(keys), 1000, torch.device("cpu"), torch.float32)[0]
     assert (k - keys).abs().max() <= keys.abs().amax(dim=-1, keepdim=True).max() / 127
     assert torch.allclose(v, values, atol=0.05)
     payload = lambda m: m.frames[0].keys.nbytes + m.frames[0].values.nbytes  # noqa: E731
@@ -230,13 +230,33 @@ def test_retrieved_frames_leave_even_when_the_answer_fails(tiny_model, monkeypat
     stage.engine.cache.policy.check()
 
 
-def test_a_frames_time_marker_is_always_kept_and_the_ratio_applies_to_the_rest():
+def test_a_frames_text_is_always_kept_and_the_ratio_applies_to_the_rest():
     memory = _memory(keep_ratio=0.25)
-    keys, values = _frame(1, tokens=11)
-    importance = torch.tensor([float("inf")] * 3 + [0.0, 9.0, 0.0, 0.0, 0.0, 8.0, 0.0, 0.0])
+    keys, values = _frame(1, tokens=12)
+    importance = torch.tensor([float("inf")] * 3 + [0.0, 9.0, 0.0, 0.0, 0.0, 8.0, 0.0, 0.0] + [float("inf")])
     memory.add(keys, values, importance, S)
-    assert memory.frames[0].tokens == 3 + 2  # the marker, and a quarter of the 8 visual tokens
-    assert torch.equal(memory.frames[0].keys, keys[:, :, [0, 1, 2, 4, 8]])
+    # the marker, a quarter of the 8 visual tokens, and the closing delimiter
+    assert memory.frames[0].tokens == 3 + 2 + 1
+    assert (memory.frames[0].header, memory.frames[0].footer) == (3, 1)
+    assert torch.equal(memory.frames[0].keys, keys[:, :, [0, 1, 2, 4, 8, 11]])
+
+
+def test_a_frames_closing_text_takes_no_part_in_matching():
+    """A delimiter after every frame (SmolVLM's, Qwen2-VL's) with a key every query attends to
+    must not decide which frame a question brings back."""
+    memory = _memory(match="tokens", keep_ratio=1.0)
+    importance = torch.tensor([float("inf")] * 2 + [1.0] * 7 + [float("inf")])
+    plain = _memory(match="tokens", keep_ratio=1.0)
+    for i in range(6):
+        k, v = _frame(i)
+        loud = k.clone()
+        loud[:, :, 9] = 4 * _SHARED * (1 + i)  # later frames' delimiters louder
+        memory.add(loud, v, importance, (i + 1) * S)
+        plain.add(k, v, importance, (i + 1) * S)
+    direction = torch.nn.functional.normalize(torch.randn(LAYERS, KV_HEADS, DIM, generator=torch.Generator()
+                                                          .manual_seed(3)), dim=-1)
+    question = _needle_question(direction)
+    torch.testing.assert_close(memory.scores(question), plain.scores(question))
 
 
 @pytest.mark.parametrize("keep_ratio", [1.0, 0.5])
@@ -246,7 +266,7 @@ def test_memory_knows_each_frames_time_marker_whether_or_not_frames_are_scored(t
     engine.cache.buffers.scores.fill_(float("inf"))  # stale values must not pose as a marker
     hidden = tiny_model.decoder.config.hidden_size
     for i in range(4):
-        engine.prefill_frame(torch.randn(12, hidden) * 0.02, (i + 1) * S, header=3)
+        engine.prefill_frame(torch.randn(12, hidden) * 0.02, (i + 1) * S, header=3, footer=1)
     stored = engine.memory.frames
-    assert len(stored) >= 2 and all(f.header == 3 for f in stored)
-    assert all(f.tokens == 3 + math.ceil(keep_ratio * 9) for f in stored)
+    assert len(stored) >= 2 and all((f.header, f.footer) == (3, 1) for f in stored)
+    assert all(f.tokens == 3 + math.ceil(keep_ratio * 8) + 1 for f in stored)

@@ -103,7 +103,8 @@ def _add_stream_options(sub: argparse.ArgumentParser) -> None:
                      help="stream time of the preceding --ask (repeatable, in order)")
     sub.add_argument("--questions", type=Path, metavar="JSON",
                      help="ask the questions `streamvlm synth` wrote next to its bag, and show the right answers")
-    sub.add_argument("--model", help=f"HF id, local directory, 'eval' or 'tiny' (default {config_mod.DEFAULT_MODEL})")
+    sub.add_argument("--model", help="HF id, local directory, 'eval', or a random test model: 'tiny', 'tiny-smolvlm', "
+                                     f"'tiny-qwen2vl', 'tiny-qwen25vl' (default {config_mod.DEFAULT_MODEL})")
     sub.add_argument("--config", type=Path, help="ROS 2 parameter file (e.g. config/live.yaml)")
     sub.add_argument("--fps", type=float, help="frames per second taken from the stream")
     sub.add_argument("--backend", choices=choices(BackendSettings, "name"),

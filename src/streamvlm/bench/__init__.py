@@ -56,6 +56,8 @@ def _vision(p) -> None:
     p.add_argument("--video", required=True, help="a video file OpenCV reads, a bag, or synth:SEED")
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--size", choices=("tiny", "base", "so400m"), default="base", help="SigLIP-sized tower")
+    p.add_argument("--model", help="a vision-language model's own tower instead of --size ('tiny-smolvlm', an "
+                                   "HF id or directory...)")
     from streamvlm.vision.delta_cache import DeltaSettings
 
     modes = tuple(mode for mode in choices(DeltaSettings, "mode") if mode != "off")  # off is the baseline

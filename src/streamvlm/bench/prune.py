@@ -30,6 +30,7 @@ from streamvlm.bench.sources import label, sampled
 from streamvlm.config import ModelConfig, PipelineConfig
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.models import load_model
+from streamvlm.models.siglip import patch_embedding_size
 from streamvlm.synth import SyntheticScene, cells_covered
 from streamvlm.types import TokenBatch
 from streamvlm.vision.pruner import PruneSettings, TokenPruner
@@ -101,8 +102,9 @@ def _appearance_recall(model, cfg: PipelineConfig, settings, frames: int, seed: 
     scene = SyntheticScene(seed, frames)
     vision = VisionStage(cfg, model)
     pruner = TokenPruner(settings)
-    vision_cfg = model.hf_model.config.vision_config
-    extent = model.tower.patch_grid[0] * vision_cfg.patch_size / vision_cfg.image_size
+    # The share of the frame's side the patch grid covers (SigLIP at 384 px drops a 6 px edge).
+    side = model.preprocess(np.zeros((8, 8, 3), np.uint8)).shape[-1]
+    extent = model.tower.patch_grid[0] * patch_embedding_size(model.tower.embed)[0] / side
     hits = covered = 0
     kept = []
     for i, frame in enumerate(scene):

@@ -40,7 +40,7 @@ def run(args) -> dict:
     dtype = DTYPES[args.dtype]
     device = pick_device(args.device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    tower, preprocess = _tower(args.size, dtype, device)
+    tower, preprocess = _tower(args.model or args.size, dtype, device)
     settings = _settings(args)
     delta = DeltaViT(tower, settings)
     full = VisionEncoder(tower)
@@ -100,7 +100,8 @@ def run(args) -> dict:
         "device": device,
         "mode": args.mode,
         "settings": {k: v for k, v in vars(settings).items() if k != "mode"},
-        "size": args.size,
+        "size": None if args.model else args.size,
+        "model": args.model,
         "dtype": args.dtype,
         "backend": args.backend,
         "threads": torch.get_num_threads(),
@@ -111,12 +112,13 @@ def _settings(args) -> DeltaSettings:
     return DeltaSettings(**given(args, DeltaSettings))  # --mode is among them
 
 
-def _tower(size: str, dtype: torch.dtype, device: str):
-    if size == "tiny":
+def _tower(name: str, dtype: torch.dtype, device: str):
+    """A random SigLIP of size `name` (base, so400m), or the tower of the model `name`."""
+    if name not in ("base", "so400m"):
         from streamvlm.config import ModelConfig
         from streamvlm.models import load_model
 
-        model = load_model(ModelConfig(name="tiny", dtype={v: k for k, v in DTYPES.items()}[dtype], device=device,
+        model = load_model(ModelConfig(name=name, dtype={v: k for k, v in DTYPES.items()}[dtype], device=device,
                                        fallback_to_tiny=False))
         return model.tower, model.preprocess
     from streamvlm.vision.towers import random_siglip, siglip_pixels

@@ -61,9 +61,12 @@ class ContextEngine(ABC):
         """Take new run-time settings between turns (the budget itself is fixed)."""
 
     @abstractmethod
-    def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0) -> None:
-        """Append one frame's tokens [T, D]; `header`: its first tokens (a time marker) that
-        long-term memory always keeps."""
+    def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0, footer: int = 0,
+                      layout: torch.Tensor | None = None) -> None:
+        """Append one frame's tokens [T, D]; `header` and `footer`: its first and last tokens
+        (the text around a frame: time marker, image delimiters) that long-term memory always
+        keeps and never matches a question against; `layout`: M-RoPE decoders' position rule
+        of each token [T, 4] (`kv_cache.frame_layout`)."""
 
     @abstractmethod
     def prefill_text(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:

@@ -4,8 +4,9 @@ Runs the model's own layer pieces (norms, projections, MLP, rotary table) layer 
 through the family-neutral `models.decoder.LanguageDecoder`, but owns attention and the
 cache: keys are written before RoPE into preallocated buffers (gpt-fast's static cache)
 and rotated at use for positions 0..L-1, which is what keeps positions contiguous after
-eviction (see `kv_cache`). Which decoders can run (LLaVA-OneVision's Qwen2, SmolLM2's
-Llama, Qwen3; not yet Qwen2-VL's M-RoPE) is the decoder adapter's decision.
+eviction (see `kv_cache`; with M-RoPE, Qwen2-VL's 3-D positions, each slot's layout gives
+its position). Which decoders can run (LLaVA-OneVision's Qwen2, SmolLM2's and SmolVLM's
+Llama, Qwen3, Qwen2-VL's M-RoPE Qwen2) is the decoder adapter's decision.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ class StreamingEngine(ContextEngine):
         slots = layout.budget_tokens
         self.cache = StreamingKVCache(layout, KVBuffers(
             len(language.layers), self.kv_heads, self.head_dim, slots, self.dtype, self.device))
-        self.cos, self.sin = self._rotary_table(slots)  # [slots, head_dim] each
+        # 1-D RoPE: slot i is position i, one table for every step. M-RoPE: positions follow
+        # the slots' layout (kv_cache), evaluated per forward.
+        self.mrope = language.position_axes == 3
+        self.cos, self.sin = (None, None) if self.mrope else self._rotary_table(slots)  # [slots, head_dim] each
         # Keys rotated for the current step, reused by every layer: no allocation per step.
         self._rotated = torch.empty(self.kv_heads, slots, self.head_dim, dtype=self.dtype, device=self.device)
         self.score_frames = False  # record the attention each frame token gets from its frame (for memory)
@@ -99,9 +103,10 @@ class StreamingEngine(ContextEngine):
             self.memory.enforce_budget()
             self.attach_memory(self.memory)
 
-    def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0) -> None:
+    def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0, footer: int = 0,
+                      layout: torch.Tensor | None = None) -> None:
         self.prefill(embeds, logits=False, kind=FRAME, stamp_ns=stamp_ns, evict=self._reserved is None,
-                     header=header)
+                     header=header, footer=footer, layout=layout)
 
     def prefill_text(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:
         return self.prefill(embeds, logits=logits, evict=self._reserved is None)
@@ -142,7 +147,7 @@ class StreamingEngine(ContextEngine):
         frames = self.memory.retrieve(self.probe_queries(question), room, self.device, self.dtype)
         if frames:
             self.cache.insert_frames(frames)
-        return [stamp for _, _, stamp in frames]
+        return [frame.stamp_ns for frame in frames]
 
     @torch.inference_mode()
     def release(self) -> None:
@@ -154,6 +159,7 @@ class StreamingEngine(ContextEngine):
         """The queries of these tokens [T, D] in every layer, before RoPE: [layers, T, q_heads, head_dim],
         computed over the context as it is. Nothing is appended (needs T free slots)."""
         captured: list[torch.Tensor] = []
+        self.cache.buffers.write_layout(self.cache.length, embeds.shape[0], None)  # as text at the end
         self._forward(embeds.to(self.device, self.dtype)[None], self.cache.length, capture=captured)
         return torch.stack(captured)
 
@@ -166,21 +172,26 @@ class StreamingEngine(ContextEngine):
     def _remember(self, frames, buffers) -> None:
         for span in frames:
             slots = slice(span.start, span.start + span.length)
+            layout = buffers.layout[0, 0, slots] if self.mrope else None  # 1-D: text-like, nothing to keep
             self.memory.add(buffers.keys[:, :, slots], buffers.values[:, :, slots],
-                            buffers.scores[0, 0, slots, 0], span.stamp_ns)
+                            buffers.scores[0, 0, slots, 0], span.stamp_ns, layout)
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
-                evict: bool = True, all_logits: bool = False, header: int = 0) -> torch.Tensor | None:
+                evict: bool = True, all_logits: bool = False, header: int = 0, footer: int = 0,
+                layout: torch.Tensor | None = None) -> torch.Tensor | None:
         """Append embeddings [T, D]; returns the last position's logits [V] ([T, V] with all_logits).
 
         The LM head runs only where logits are read (a hidden x vocabulary matmul).
-        header: a frame's first tokens (its time marker) that long-term memory always keeps.
+        header, footer: a frame's first and last tokens (its time marker, image delimiters) that
+        long-term memory always keeps.
+        layout: the tokens' M-RoPE position rule [T, 4] (`kv_cache.frame_layout`); None: text.
         """
         steps = embeds.shape[0]
         if evict:
             self.cache.make_room(steps, kind, stamp_ns)
         start = self.cache.policy.append(kind, steps, stamp_ns)
+        self.cache.buffers.write_layout(start, steps, layout)
         embeds = embeds.to(self.device, self.dtype)
         outputs = []
         score = self.score_frames and kind == FRAME
@@ -192,13 +203,15 @@ class StreamingEngine(ContextEngine):
             elif logits and offset + self.prefill_chunk >= steps:
                 outputs.append(self.lm_head(hidden[:, -1])[0].float())
         if kind == FRAME:
-            # Memory keeps a frame's time marker whole and leaves it out of retrieval: mark it,
+            # Memory keeps a frame's text (time marker, delimiters) whole and leaves it out of
+            # retrieval: mark it,
             # also when the frame is not scored (nothing compressed, or memory attached only
             # later), so that stale scores never pose as one.
             scores = self.cache.buffers.scores[0, 0, start:start + steps, 0]
             if not score:
                 scores.zero_()
             scores[:header] = float("inf")
+            scores[steps - footer:] = float("inf")
         if all_logits:
             return torch.cat(outputs)
         return outputs[0] if logits else None
@@ -220,7 +233,11 @@ class StreamingEngine(ContextEngine):
         steps = x.shape[1]
         end = start + steps
         group = self.q_heads // self.kv_heads
-        cos_q, sin_q = self.cos[start:end], self.sin[start:end]
+        if self.mrope:
+            cos, sin = self.language.rotary(self.cache.buffers.positions(end))  # [end, head_dim]
+        else:
+            cos, sin = self.cos[:end], self.sin[:end]
+        cos_q, sin_q = cos[start:end], sin[start:end]
         mask = None
         if steps > 1:
             # Query i (slot start+i) sees slots 0..start+i. Rows are (group, T): the
@@ -235,7 +252,7 @@ class StreamingEngine(ContextEngine):
             self.cache.buffers.write(index, start, k.transpose(0, 1), v.transpose(0, 1))
             q = _rotate(q.transpose(0, 1), cos_q, sin_q)  # [Hq, T, d]
             q = q.reshape(self.kv_heads, group * steps, self.head_dim)  # [Hkv, group*T, d]
-            _rotate_into(rotated, self.cache.buffers.keys[index, :, :end], self.cos[:end], self.sin[:end])
+            _rotate_into(rotated, self.cache.buffers.keys[index, :, :end], cos, sin)
             values = self.cache.buffers.values[index, :, :end]  # [Hkv, L, d]
             out = F.scaled_dot_product_attention(q[None], rotated[None], values[None], attn_mask=mask,
                                                  scale=self.scaling)  # [1, Hkv, group*T, d]

@@ -19,8 +19,16 @@ arXiv 2309.17453), in slot order, which is also stream order:
 Position rule, written once here: the token in slot i has position i. Eviction closes
 the hole by moving later slots down, so positions stay contiguous and never grow. Keys
 are stored before RoPE and rotated at use (see `engine`), so moving a key needs no
-re-rotation and no rounding error builds up over hours of eviction. For M-RoPE
-(Qwen2-VL), `PositionShift` gives the uniform shift of the temporal/text index.
+re-rotation and no rounding error builds up over hours of eviction.
+
+M-RoPE (Qwen2-VL) generalizes the rule: each slot holds its token's offsets (time, row,
+column) from where its span starts and how far it moves the next token's start (text:
+(0, 0, 0) and 1; a frame's tokens: (0, row, column) and 0; the text closing a frame jumps
+by the frame's larger side, as transformers' `get_rope_index` places the text after an
+image). Positions are the running sum of the moves before a slot plus its offsets, so
+when a span leaves, every later token moves back by exactly what that span took: still
+contiguous, as StreamingVLM keeps them. For 1-D models every slot is text-like and the
+position is the slot index.
 
 `StreamingPolicy` is pure bookkeeping (no tensors, property-tested); `KVBuffers` holds
 the tensors; `StreamingKVCache` applies one to the other.
@@ -259,10 +267,29 @@ class KVBuffers:
         # Attention each slot received from its own frame's tokens (long-term memory keeps
         # the most attended ones). Shaped so that slots are dim 2, like the keys.
         self.scores = torch.zeros((1, 1, slots, 1), dtype=torch.float32, device=device)
+        # Each slot's position rule (see the module docstring): offsets (time, row, column)
+        # and the move to the next token's start.
+        self.layout = torch.zeros((1, 1, slots, 4), dtype=torch.int32, device=device)
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.keys, self.values, self.scores
+        return self.keys, self.values, self.scores, self.layout
+
+    def write_layout(self, start: int, steps: int, layout: torch.Tensor | None) -> None:
+        """Slots start..start+steps-1 get `layout` [steps, 4] (None: text, one position each)."""
+        rows = self.layout[0, 0, start:start + steps]
+        if layout is None:
+            rows.zero_()
+            rows[:, 3] = 1
+        else:
+            rows.copy_(layout)
+
+    def positions(self, end: int) -> torch.Tensor:
+        """M-RoPE positions [3, end] of slots 0..end-1 from their layout."""
+        rows = self.layout[0, 0, :end].long()
+        moves = rows[:, 3]
+        starts = torch.cumsum(moves, 0) - moves
+        return (starts[:, None] + rows[:, :3]).T
 
     def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """keys, values [kv_heads, T, head_dim] into slots start..start+T-1."""
@@ -332,18 +359,20 @@ class StreamingKVCache:
             self.evicted_tokens += sum(n for _, n in removed)
         return removed
 
-    def insert_frames(self, frames: list[tuple[torch.Tensor, torch.Tensor, int]]) -> None:
-        """Put retrieved frames, (keys, values [layers, kv_heads, n, head_dim], stamp_ns) in
-        time order, between the pinned spans and the windows, at contiguous slots."""
+    def insert_frames(self, frames: list) -> None:
+        """Put retrieved frames (`memory.Recalled`: keys, values [layers, kv_heads, n, head_dim],
+        stamp_ns, layout [n, 4]) in time order, between the pinned spans and the windows, at
+        contiguous slots."""
         at = self.policy.insertion_slot()
         used_before = self.policy.used
-        self.policy.insert_frames(at, [(k.shape[2], stamp) for k, _, stamp in frames])
+        self.policy.insert_frames(at, [(frame.keys.shape[2], frame.stamp_ns) for frame in frames])
         total = self.policy.used - used_before
         self.buffers.open_gap(at, total, used_before)
-        for keys, values, _ in frames:
-            n = keys.shape[2]
-            self.buffers.keys[:, :, at:at + n].copy_(keys)
-            self.buffers.values[:, :, at:at + n].copy_(values)
+        for frame in frames:
+            n = frame.keys.shape[2]
+            self.buffers.keys[:, :, at:at + n].copy_(frame.keys)
+            self.buffers.values[:, :, at:at + n].copy_(frame.values)
+            self.buffers.write_layout(at, n, frame.layout)
             at += n
 
     def remove_retrieved(self) -> None:
@@ -353,20 +382,23 @@ class StreamingKVCache:
             self.buffers.close_gaps(removed, used_before)
 
 
-@dataclass(frozen=True)
-class PositionShift:
-    """M-RoPE (Qwen2-VL): positions are (temporal, height, width) triples; text has all
-    three equal, and a frame's triples start at the next free temporal index. When a
-    span leaves, every later token's three indices drop by the span's extent (its largest
-    index + 1 minus its first temporal index), which keeps them contiguous: the same
-    uniform shift that the 1-D rule gets by moving slots down."""
-
-    @staticmethod
-    def extent(positions: torch.Tensor) -> int:
-        """positions [3, T] of one span -> how many indices it occupies."""
-        return int(positions.max() - positions[0, 0]) + 1
-
-    @staticmethod
-    def shift(later: torch.Tensor, removed_extent: int) -> None:
-        """positions [3, T] of the tokens after a removed span, shifted in place."""
-        later -= removed_extent
+def frame_layout(header: int, cells: torch.Tensor, grid: tuple[int, int], footer: int) -> torch.Tensor:
+    """The M-RoPE layout [header + n + footer, 4] of a frame sent as text (a time marker),
+    n tokens at grid cells `cells` [n] (raster indices into rows x cols, a pruned frame's
+    kept ones), then text that closes it: every token keeps its grid row and column, and the
+    closing text starts max(rows, cols) after the tokens' start, as transformers' Qwen2-VL
+    `get_rope_index` places the text after an image."""
+    if footer < 1:
+        raise ValueError("an M-RoPE frame needs closing text (e.g. <|vision_end|>) to carry its extent")
+    rows, cols = grid
+    n = cells.numel()
+    layout = torch.zeros(header + n + footer, 4, dtype=torch.int32)
+    layout[:header, 3] = 1
+    cells = cells.to("cpu", torch.int64)
+    layout[header:header + n, 1] = (cells // cols).to(torch.int32)
+    layout[header:header + n, 2] = (cells % cols).to(torch.int32)
+    extent = max(rows, cols)
+    layout[header + n, :3] = extent
+    layout[header + n, 3] = extent + 1
+    layout[header + n + 1:, 3] = 1
+    return layout

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -78,6 +79,8 @@ class StoredFrame:
     value_scale: torch.Tensor | None
     summary_bytes: int  # its retrieval key, held in the memory's key matrix
     header: int = 0  # its first tokens are its time marker (text every frame has, not content)
+    footer: int = 0  # its last tokens are text too (an image's closing delimiter)
+    layout: torch.Tensor | None = None  # [n, 4] int32 its tokens' position rule (kv_cache), on the host
 
     @property
     def tokens(self) -> int:
@@ -85,8 +88,17 @@ class StoredFrame:
 
     @property
     def nbytes(self) -> int:
-        parts = (self.keys, self.values, self.key_scale, self.value_scale)
+        parts = (self.keys, self.values, self.key_scale, self.value_scale, self.layout)
         return self.summary_bytes + sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+
+class Recalled(NamedTuple):
+    """A frame brought back for a question, ready to go into the cache."""
+
+    keys: torch.Tensor  # [layers, kv_heads, n, head_dim], before RoPE
+    values: torch.Tensor
+    stamp_ns: int
+    layout: torch.Tensor | None  # [n, 4] position rule (None: text-like, one position a token)
 
 
 class _Rows:
@@ -147,19 +159,26 @@ class FrameMemory:
     def stamps(self) -> list[int]:
         return [f.stamp_ns for f in self.frames]
 
-    def add(self, keys: torch.Tensor, values: torch.Tensor, importance: torch.Tensor, stamp_ns: int) -> None:
-        """A frame's keys (before RoPE) and values [layers, kv_heads, n, head_dim], and the
-        attention its tokens received [n]; tokens marked +inf there (a time marker) are always kept."""
+    def add(self, keys: torch.Tensor, values: torch.Tensor, importance: torch.Tensor, stamp_ns: int,
+            layout: torch.Tensor | None = None) -> None:
+        """A frame's keys (before RoPE) and values [layers, kv_heads, n, head_dim], the
+        attention its tokens received [n], and its tokens' position rule [n, 4] (M-RoPE; kept
+        tokens keep their grid positions); tokens marked +inf in `importance` (the frame's
+        text: leading time marker, trailing delimiter) are always kept."""
         summary = keys.float().mean(dim=2)
-        always = int(torch.isposinf(importance).sum())
+        text = torch.isposinf(importance)
+        always = int(text.sum())
+        header = int(text.int().cumprod(0).sum())  # the leading run; the rest of the text trails
         keep = always + max(1, math.ceil(self.settings.keep_ratio * (keys.shape[2] - always)))
         if keep < keys.shape[2]:
             index = torch.topk(importance.float(), keep).indices.sort().values.to(keys.device)
             keys, values = keys.index_select(2, index), values.index_select(2, index)
+            layout = None if layout is None else layout.index_select(0, index.to(layout.device))
         place = self._placement()
         summary = summary.to(place, torch.float16)
         frame = StoredFrame(stamp_ns, *_pack(keys, values, self.settings.dtype, place),
-                            summary_bytes=summary.numel() * summary.element_size(), header=always)
+                            summary_bytes=summary.numel() * summary.element_size(), header=header,
+                            footer=always - header, layout=None if layout is None else layout.to("cpu", copy=True))
         if self._keys.data is not None and self._keys.data.device != place:
             # The store moved between accelerator and host: keep every key on one device.
             moved, self._keys = self._keys.view().to(place), _Rows()
@@ -211,7 +230,7 @@ class FrameMemory:
         away from content (needle frame in the top 16 of 888: 9 of 12 with them, 11 without)."""
         layers, steps, q_heads, dim = queries.shape
         device = queries.device
-        counts = torch.tensor([f.tokens - f.header for f in self.frames], device=device)
+        counts = torch.tensor([f.tokens - f.header - f.footer for f in self.frames], device=device)
         owner = torch.repeat_interleave(torch.arange(len(self.frames), device=device), counts)  # [N] frame of each key
         total = torch.zeros(len(self.frames), device=device)
         for layer in range(layers):  # one layer's logits at a time bounds the working memory
@@ -224,9 +243,9 @@ class FrameMemory:
         return total
 
     def retrieve(self, queries: torch.Tensor, max_tokens: int, device: torch.device, dtype: torch.dtype
-                 ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+                 ) -> list[Recalled]:
         """The best `top_k` frames for these queries that fit in `max_tokens`, in time order,
-        as (keys, values, stamp_ns) on `device` in `dtype`."""
+        with keys and values on `device` in `dtype`."""
         chosen, tokens = [], 0
         for index in torch.argsort(self.scores(queries), descending=True, stable=True).tolist():
             if len(chosen) == self.settings.top_k:
@@ -257,12 +276,13 @@ def _quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _content_keys(frame: StoredFrame, layer: int, device: torch.device) -> torch.Tensor:
-    """One layer's stored keys after the time marker [kv_heads, n - header, head_dim], as float32
-    on `device` (the marker is cut before it is moved or dequantized)."""
-    keys = frame.keys[layer, :, frame.header:].to(device).float()
+    """One layer's stored keys without the frame's text [kv_heads, n - header - footer, head_dim],
+    as float32 on `device` (the text is cut before it is moved or dequantized)."""
+    content = slice(frame.header, frame.tokens - frame.footer)
+    keys = frame.keys[layer, :, content].to(device).float()
     if frame.key_scale is None:
         return keys
-    return keys * frame.key_scale[layer, :, frame.header:].to(device).float()
+    return keys * frame.key_scale[layer, :, content].to(device).float()
 
 
 def _unpack(frame: StoredFrame, device: torch.device, dtype: torch.dtype):
@@ -270,4 +290,4 @@ def _unpack(frame: StoredFrame, device: torch.device, dtype: torch.dtype):
     if frame.key_scale is not None:
         keys = keys.float() * frame.key_scale.to(device).float()
         values = values.float() * frame.value_scale.to(device).float()
-    return keys.to(dtype), values.to(dtype), frame.stamp_ns
+    return Recalled(keys.to(dtype), values.to(dtype), frame.stamp_ns, frame.layout)

@@ -23,7 +23,8 @@ class FullAttentionEngine(ContextEngine):
         weight = decoder.get_input_embeddings().weight
         self.device, self.dtype = weight.device, weight.dtype
         self.cache = DynamicCache()
-        self._length = 0  # tokens in the cache; also the next token's position
+        self._length = 0  # tokens in the cache
+        self._next = 0  # the next token's position (M-RoPE frames move it by more than their length)
         self._frame_stamps: list[int] = []
         self.memory = None  # nothing is evicted, so nothing is remembered
 
@@ -46,14 +47,15 @@ class FullAttentionEngine(ContextEngine):
 
     def reset(self) -> None:
         self.cache = DynamicCache()
-        self._length = 0
+        self._length = self._next = 0
         self._frame_stamps = []
 
     def retune(self, layout: CacheLayout, memory: MemorySettings, prefill_chunk: int) -> None:
         """Nothing to tune: no layout, no memory, transformers prefills in one pass."""
 
-    def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0) -> None:
-        self.prefill(embeds, logits=False, kind=FRAME, stamp_ns=stamp_ns)
+    def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0, footer: int = 0,
+                      layout: torch.Tensor | None = None) -> None:
+        self.prefill(embeds, logits=False, kind=FRAME, stamp_ns=stamp_ns, layout=layout)
 
     def prefill_text(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:
         return self.prefill(embeds, logits=logits)
@@ -72,12 +74,21 @@ class FullAttentionEngine(ContextEngine):
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
-                all_logits: bool = False) -> torch.Tensor | None:
-        """Append embeddings [T, D]; returns the last position's logits [V] ([T, V] with all_logits)."""
+                all_logits: bool = False, layout: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Append embeddings [T, D]; returns the last position's logits [V] ([T, V] with all_logits).
+        layout: M-RoPE positions of the tokens [T, 4] (offsets from their start and moves, as in
+        `kv_cache`); None: one position a token."""
         embeds = embeds.to(self.device, self.dtype)[None]  # [1, T, D]
         steps = embeds.shape[1]
-        positions = torch.arange(self._length, self._length + steps, device=self.device)[None]
-        out = self.decoder(inputs_embeds=embeds, position_ids=positions, past_key_values=self.cache, use_cache=True)
+        if layout is None:
+            positions = torch.arange(self._next, self._next + steps, device=self.device)[None]  # [1, T]
+            self._next += steps
+        else:
+            rows = layout.to(self.device, torch.int64)
+            starts = self._next + torch.cumsum(rows[:, 3], 0) - rows[:, 3]
+            positions = (starts[:, None] + rows[:, :3]).T[:, None]  # [3, 1, T]
+            self._next += int(rows[:, 3].sum())
+        out = self.decoder(inputs_embeds=embeds, position_ids=positions, cache=self.cache, use_cache=True)
         self._length += steps
         if kind == FRAME:
             self._frame_stamps.append(stamp_ns)

@@ -15,6 +15,7 @@ from streamvlm.config import LanguageConfig, PipelineConfig
 from streamvlm.llm.contract import CacheFull, ContextEngine
 from streamvlm.llm.decoding import Generation, generate
 from streamvlm.llm.engine import StreamingEngine
+from streamvlm.llm.kv_cache import frame_layout
 from streamvlm.llm.memory import FrameMemory
 from streamvlm.llm.reference import FullAttentionEngine
 from streamvlm.models import VisionLanguageModel
@@ -108,10 +109,14 @@ class LanguageStage:
         if self._newest_ns is not None and batch.stamp_ns <= self._newest_ns:
             raise ValueError(f"frame stamp {batch.stamp_ns} is not after the newest {self._newest_ns}")
         self._start()
-        # A pruned frame's kept tokens go in at consecutive positions, in grid order, as
-        # LLaVA-OneVision's 1-D RoPE places any frame's tokens; batch.positions is for M-RoPE.
-        embeds, header = self._with_marker(batch)
-        self.engine.prefill_frame(embeds, batch.stamp_ns, header)
+        # With 1-D RoPE a pruned frame's kept tokens go in at consecutive positions, in grid
+        # order, as LLaVA-OneVision places any frame's tokens; with M-RoPE (Qwen2-VL) each keeps
+        # its grid row and column (batch.positions).
+        embeds, header, footer = self._with_text(batch)
+        layout = None
+        if self.model.language.position_axes == 3:
+            layout = frame_layout(header, batch.positions, batch.grid, footer)
+        self.engine.prefill_frame(embeds, batch.stamp_ns, header, footer, layout)
         self._newest_ns = batch.stamp_ns
         self._turn_has_frames = True
         if self._caption_anchor_ns is None:
@@ -119,18 +124,28 @@ class LanguageStage:
         if self._caption_from_ns is None:
             self._caption_from_ns = batch.stamp_ns
 
-    def _with_marker(self, batch: TokenBatch) -> tuple[torch.Tensor, int]:
-        """The frame's time marker (for models that read one) then its tokens, and the marker's
-        length. The marker is part of the frame: it leaves the cache and comes back from
-        memory with it."""
+    def _with_text(self, batch: TokenBatch) -> tuple[torch.Tensor, int, int]:
+        """The frame's time marker (for models that read one), its tokens, and the text that
+        closes it (for models that have one), with the marker's and the closing text's
+        lengths. Both are part of the frame: they leave the cache and come back from memory
+        with it."""
         if self._first_ns is None:
             self._first_ns = batch.stamp_ns
         prompt = self.model.prompt
-        if not prompt.frame_marker:
-            return batch.embeddings, 0
+        if not prompt.frame_marker and not prompt.frame_suffix:
+            return batch.embeddings, 0, 0
         seconds = (batch.stamp_ns - self._first_ns) // 1_000_000_000
-        marker = self.model.embed_tokens(self.model.tokenize(prompt.marker(seconds)))[0]
-        return torch.cat([marker, batch.embeddings.to(marker.device, marker.dtype)]), marker.shape[0]
+        marker, suffix = (self._embed_text(prompt.marker(seconds) if prompt.frame_marker else ""),
+                          self._embed_text(prompt.frame_suffix))
+        tokens = batch.embeddings.to(marker.device, marker.dtype)
+        return torch.cat([marker, tokens, suffix]), marker.shape[0], suffix.shape[0]
+
+    def _embed_text(self, text: str) -> torch.Tensor:
+        """[T, D] embeddings of `text` ([0, D] for "")."""
+        if not text:
+            hidden = self.model.decoder.config.hidden_size
+            return torch.empty(0, hidden, dtype=self.model.dtype, device=self.model.device)
+        return self.model.embed_tokens(self.model.tokenize(text))[0]
 
     def ask(self, question: str, max_new_tokens: int | None = None, recall: bool = True) -> Answer:
         """Answer from what the context holds now, and from the frames long-term memory
@@ -163,7 +178,7 @@ class LanguageStage:
         turn, bring back what memory holds for the question, close the turn, generate, and let
         the retrieved frames go again. Returns the generation, the stamps of the frames it
         attended to (retrieved ones included) and the time to the first token."""
-        closing = self._closing_embeds()  # [0 or 1, D]
+        closing = self._closing_embeds()  # [n, D], n = 0 when nothing closes the frames
         self.engine.reserve(closing.shape[0] + prompt_ids.numel() + limit, recall)
         try:
             if recall:
@@ -204,12 +219,12 @@ class LanguageStage:
         return self.model.tokenize(prompt.question_prefix + question + prompt.question_suffix)[0]  # [T]
 
     def _closing_embeds(self) -> torch.Tensor:
-        """What closes the turn's run of frames before the question ([1, D], LLaVA-OneVision's
-        newline after a video), or nothing [0, D]."""
-        end = self.model.frames_end_embedding
+        """What closes the turn's run of frames before the question ([n, D]: LLaVA-OneVision's
+        newline embedding after a video, SmolVLM's blank line), or nothing [0, D]."""
+        end = self.model.frames_end_embeddings
         if self._turn_has_frames and end is not None:
-            return end[None]
-        return torch.empty(0, self.model.decoder.config.hidden_size)
+            return end
+        return self._embed_text("")
 
     def _open_turn(self, generated: list[int], stopped: bool) -> None:
         # The last generated token is not in the cache yet. A final stop token is the

@@ -18,6 +18,8 @@ from streamvlm.models.edge import EDGE, ensure_edge
 from streamvlm.models.eval_model import EVAL, ensure_eval
 from streamvlm.models.prompt import PromptFormat
 from streamvlm.models.tiny import ensure_tiny
+from streamvlm.models.tiny_families import WRITERS as TINY_FAMILIES
+from streamvlm.models.tiny_families import ensure_tiny_family
 
 __all__ = ["ModelUnavailable", "PromptFormat", "VisionLanguageModel", "VisionTower", "load_model", "load_shared",
            "resolve"]
@@ -34,17 +36,33 @@ class ModelUnavailable(RuntimeError):
     """The named model cannot be found locally nor downloaded."""
 
 
+# Families transformers has that the streaming engine cannot run yet, and why.
+_REFUSED = {
+    "qwen3_vl": "Qwen3-VL adds the ViT's intermediate features to the first decoder layers' hidden states "
+                "(DeepStack) and interleaves its M-RoPE axes; the streaming engine runs neither yet. Use Qwen2.5-VL",
+    "qwen3_vl_moe": "Qwen3-VL-MoE: as Qwen3-VL (DeepStack, interleaved M-RoPE), and mixture-of-experts layers",
+}
+
+
 def _adapters():
     # Imported here so that loading one family never imports the others' code.
     from streamvlm.models.llava_onevision import LlavaOnevisionAdapter
+    from streamvlm.models.qwen2_vl import FAMILIES as QWEN2_VL
+    from streamvlm.models.qwen2_vl import Qwen2VLAdapter
+    from streamvlm.models.smolvlm import FAMILIES as SMOLVLM
+    from streamvlm.models.smolvlm import SmolVLMAdapter
 
-    return {"llava_onevision": LlavaOnevisionAdapter}
+    return {"llava_onevision": LlavaOnevisionAdapter, **{kind: SmolVLMAdapter for kind in SMOLVLM},
+            **{kind: Qwen2VLAdapter for kind in QWEN2_VL}}
 
 
 def resolve(name: str) -> Path:
-    """A local directory holding the model `name`: 'tiny', 'edge', 'eval', a directory, or a HF id."""
+    """A local directory holding the model `name`: 'tiny' (or a tiny family model such as
+    'tiny-smolvlm'), 'edge', 'eval', a directory, or a HF id."""
     if name == "tiny":
         return ensure_tiny()
+    if name in TINY_FAMILIES:
+        return ensure_tiny_family(name)
     if name == EDGE:
         return ensure_edge()
     if name == EVAL:
@@ -92,6 +110,8 @@ def load_model(cfg: ModelConfig) -> VisionLanguageModel:
     except (OSError, ValueError, AttributeError) as err:
         raise ModelUnavailable(f"{name}: cannot read {model_dir / 'config.json'}: {err}") from None
     adapters = _adapters()
+    if model_type in _REFUSED:
+        raise ModelUnavailable(f"{name}: {model_type} is not supported: {_REFUSED[model_type]}")
     if model_type not in adapters:
         raise ModelUnavailable(f"{name}: model type {model_type!r} is not supported; known: {sorted(adapters)}")
     if cfg.dtype not in _DTYPES:

@@ -25,7 +25,8 @@ DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 class ModelConfig:
     """`model.*`: which weights to load and how to run them. Fixed while running."""
 
-    name: str = setting(DEFAULT_MODEL, "HF model id, local directory, or 'tiny'", read_only=True)
+    name: str = setting(DEFAULT_MODEL, "HF model id, local directory, 'eval', or a random test model ('tiny', "
+                                       "'tiny-smolvlm', 'tiny-qwen2vl', 'tiny-qwen25vl')", read_only=True)
     dtype: str = setting("float32", "weights and activations", choices=("float32", "bfloat16", "float16"),
                          read_only=True)
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:1...", read_only=True)
@@ -70,24 +71,40 @@ class VisionLanguageModel(ABC):
 
     @property
     @abstractmethod
-    def frames_end_embedding(self) -> torch.Tensor | None:
-        """Embedding [D] that closes a run of video frames (LLaVA-OneVision's newline), or None."""
+    def frames_end_embeddings(self) -> torch.Tensor | None:
+        """Embeddings [n, D] that close a run of video frames before the question
+        (LLaVA-OneVision's newline embedding, SmolVLM's "\n\n"), or None."""
 
     @property
-    @abstractmethod
     def decoder(self) -> nn.Module:
-        """The LLM without its head: inputs_embeds [B, T, D] -> hidden states, with a KV cache."""
+        """The LLM without its head: inputs_embeds [B, T, D] -> hidden states, with a KV cache
+        (where transformers' vision-language models keep it, unless the family says otherwise)."""
+        return self.hf_model.model.language_model
 
     @property
-    @abstractmethod
     def lm_head(self) -> nn.Module:
         """Hidden states [B, T, D] -> logits [B, T, V]."""
+        return self.hf_model.lm_head
 
     @property
     @abstractmethod
     def language(self) -> LanguageDecoder:
         """The decoder's pieces as the streaming engine runs them (`models.decoder`), built by
         the family's adapter, which refuses a decoder it cannot run."""
+
+    def _load(self, model_dir, name: str, dtype: torch.dtype, device: torch.device, families: tuple[str, ...],
+              model_class=None) -> None:
+        """Load the transformers model (`model_class`, default the auto class) and its tokenizer,
+        refusing a checkpoint of another family."""
+        from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+        self.name, self.dtype, self.device = name, dtype, device
+        loader = model_class or AutoModelForImageTextToText
+        self.hf_model = loader.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+        kind = self.hf_model.config.model_type
+        if kind not in families:
+            raise ValueError(f"{name}: expected one of {families}, got {kind!r}")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Token ids [B, T] -> embeddings [B, T, D]."""

@@ -5,7 +5,8 @@ The engine (`llm/engine.py`) owns attention and the KV cache; everything else in
 here. `LlamaStyleDecoder` covers the pre-norm Llama-family decoders whose transformers
 modules share names: Qwen2 (LLaVA-OneVision), Llama (SmolLM2, SmolVLM) and Qwen3 (per-head
 q/k RMSNorm before RoPE). A family with other module names or position scheme (Qwen2-VL's
-M-RoPE) gets its own `LanguageDecoder` beside it.
+M-RoPE) gets its own `LanguageDecoder` beside it: `MRopeDecoder` (Qwen2-VL) differs only in
+its positions.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from torch import nn
 
 # transformers' model_type of the decoders `LlamaStyleDecoder` runs.
 LLAMA_STYLE = ("llama", "qwen2", "qwen3")
+# ...and of those `MRopeDecoder` runs: Qwen2 layers with 3-D (time, row, column) positions.
+MROPE_STYLE = ("qwen2_vl_text", "qwen2_5_vl_text")
 
 
 class DecoderLayer(ABC):
@@ -45,10 +48,13 @@ class LanguageDecoder(ABC):
     scaling: float  # the attention's softmax scale
     dtype: torch.dtype
     device: torch.device
+    # 1: a token's position is one index (its slot); 3: (time, row, column), M-RoPE.
+    position_axes: int = 1
 
     @abstractmethod
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE tables for positions [T]: cos, sin [T, head_dim] in the model's dtype."""
+        """RoPE tables for positions [T] (or [3, T] with M-RoPE): cos, sin [T, head_dim] in the
+        model's dtype."""
 
     @abstractmethod
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +103,7 @@ class LlamaStyleDecoder(LanguageDecoder):
 
     def __init__(self, decoder: nn.Module):
         config = decoder.config
-        check_supported(config)
+        check_supported(config, mrope=self.position_axes == 3)
         self._decoder = decoder
         attn = decoder.layers[0].self_attn
         self.q_heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -109,8 +115,8 @@ class LlamaStyleDecoder(LanguageDecoder):
 
     def rotary(self, positions):
         # The model's own rotary module (with its scaling rule); it reads only dtype and device of x.
-        probe = torch.zeros(1, positions.shape[0], 1, dtype=self.dtype, device=self.device)
-        cos, sin = self._decoder.rotary_emb(probe, positions[None])
+        probe = torch.zeros(1, positions.shape[-1], 1, dtype=self.dtype, device=self.device)
+        cos, sin = self._decoder.rotary_emb(probe, positions[..., None, :])  # [T] -> [1, T]; [3, T] -> [3, 1, T]
         return cos[0], sin[0]
 
     def final_norm(self, x):
@@ -120,15 +126,24 @@ class LlamaStyleDecoder(LanguageDecoder):
         return self._decoder.get_input_embeddings()(ids)
 
 
-def check_supported(config) -> None:
-    """Refuse what the Llama-style pieces and the engine's 1-D RoPE over slots cannot run."""
+class MRopeDecoder(LlamaStyleDecoder):
+    """Qwen2-VL's and Qwen2.5-VL's text model: Qwen2 layers, M-RoPE positions (time, row,
+    column) whose rotary table the model's own module recomposes from three axes."""
+
+    position_axes = 3
+
+
+def check_supported(config, mrope: bool = False) -> None:
+    """Refuse what the Llama-style pieces and the engine cannot run; `mrope`: the decoder is
+    run with 3-D positions (MRopeDecoder)."""
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if "mrope_section" in rope:
-        raise NotImplementedError("M-RoPE (Qwen2-VL) decoders need 3-D positions per slot; not supported yet")
+    if not mrope and "mrope_section" in rope:
+        raise NotImplementedError("an M-RoPE decoder (Qwen2-VL) runs only with 3-D positions: load it through "
+                                  "its vision-language model's adapter")
     kind = getattr(config, "model_type", None)
-    if kind not in LLAMA_STYLE:
-        raise NotImplementedError(f"decoder type {kind!r} has no adapter; supported: "
-                                  f"{', '.join(LLAMA_STYLE)}")
+    supported = MROPE_STYLE if mrope else LLAMA_STYLE
+    if kind not in supported:
+        raise NotImplementedError(f"decoder type {kind!r} has no adapter; supported: {', '.join(supported)}")
     if getattr(config, "use_sliding_window", False):
         raise NotImplementedError("sliding-window attention layers are not supported by the streaming engine")
     kinds = set(getattr(config, "layer_types", None) or ["full_attention"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
+from transformers import LlavaOnevisionForConditionalGeneration
 
 from streamvlm.models.base import VisionLanguageModel, VisionTower
 from streamvlm.models.decoder import LlamaStyleDecoder
@@ -28,13 +28,7 @@ _CHATML_STOP = ("<|im_end|>",)
 
 class LlavaOnevisionAdapter(VisionLanguageModel):
     def __init__(self, model_dir: Path, name: str, dtype: torch.dtype, device: torch.device):
-        self.name = name
-        self.dtype = dtype
-        self.device = device
-        self.hf_model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-            model_dir, dtype=dtype, attn_implementation="sdpa"
-        ).to(device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._load(model_dir, name, dtype, device, ("llava_onevision",), LlavaOnevisionForConditionalGeneration)
         _attach_chat_template(self.tokenizer, model_dir)
         config = self.hf_model.config
         video_token = self.tokenizer.convert_ids_to_tokens(config.video_token_index)
@@ -73,16 +67,8 @@ class LlavaOnevisionAdapter(VisionLanguageModel):
         return pooled, (math.ceil(rows / 2), math.ceil(cols / 2))
 
     @property
-    def frames_end_embedding(self) -> torch.Tensor:
-        return self.hf_model.model.image_newline  # [D]
-
-    @property
-    def decoder(self):
-        return self.hf_model.model.language_model
-
-    @property
-    def lm_head(self):
-        return self.hf_model.lm_head
+    def frames_end_embeddings(self) -> torch.Tensor:
+        return self.hf_model.model.image_newline[None]  # [1, D]
 
     @cached_property
     def language(self) -> LlamaStyleDecoder:
@@ -111,6 +97,14 @@ def _attach_chat_template(tokenizer, model_dir: Path) -> None:
         raise FileNotFoundError(f"no chat template in {model_dir}")
 
 
+def _processor_config(model_dir: Path) -> dict:
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        path = model_dir / name
+        if path.exists():
+            return json.loads(path.read_text())
+    raise FileNotFoundError(f"no preprocessor config in {model_dir}")
+
+
 class PixelSpec:
     """Resize (bicubic, as the model's processors do) + rescale + normalize, from the saved config."""
 
@@ -121,17 +115,13 @@ class PixelSpec:
         self.rescale = rescale
 
     @classmethod
-    def from_dir(cls, model_dir: Path) -> "PixelSpec":
-        for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
-            path = model_dir / name
-            if path.exists():
-                cfg = json.loads(path.read_text())
-                break
-        else:
-            raise FileNotFoundError(f"no preprocessor config in {model_dir}")
+    def from_dir(cls, model_dir: Path, side: int | None = None) -> "PixelSpec":
+        """From the saved processor config; `side`: a square of this size instead of the
+        config's (families whose processors resize by pixel count or longest edge)."""
+        cfg = _processor_config(model_dir)
         size = cfg.get("size", {"height": 384, "width": 384})
-        height = size.get("height", size.get("shortest_edge"))
-        width = size.get("width", size.get("shortest_edge"))
+        height = side or size.get("height", size.get("shortest_edge"))
+        width = side or size.get("width", size.get("shortest_edge"))
         mean = cfg.get("image_mean", [0.5, 0.5, 0.5]) if cfg.get("do_normalize", True) else [0.0] * 3
         std = cfg.get("image_std", [0.5, 0.5, 0.5]) if cfg.get("do_normalize", True) else [1.0] * 3
         rescale = cfg.get("rescale_factor", 1 / 255) if cfg.get("do_rescale", True) else 1.0

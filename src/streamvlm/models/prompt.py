@@ -21,16 +21,22 @@ class PromptFormat:
     question_suffix: str  # after the question: end of turn, assistant header
     turn_separator: str  # after an answer, before the next frames
     stop_token_ids: frozenset[int]
-    # Text put before each frame, `{s}` being whole seconds since the stream's first frame;
-    # "" for models not trained with one (LLaVA-OneVision's own checkpoints).
+    # Text put before each frame: a time marker, the frame's time since the stream's first
+    # frame as `{s}` (whole seconds) or `{mm}:{ss}` (SmolVLM2's "Frame from 01:05:"), and
+    # the family's image delimiter (Qwen2-VL's <|vision_start|>); "" for models with neither
+    # (LLaVA-OneVision's own checkpoints).
     frame_marker: str = ""
+    # Text after each frame's tokens (SmolVLM's <fake_token_around_image>, Qwen2-VL's <|vision_end|>).
+    frame_suffix: str = ""
 
     @classmethod
     def from_chat_template(cls, tokenizer, video_token: str, stop_tokens: tuple[str, ...],
-                           frame_marker: str = "") -> "PromptFormat":
+                           frame_marker: str = "", frame_suffix: str = "",
+                           template: str | None = None) -> "PromptFormat":
+        """`template`: a chat template to use instead of the tokenizer's own."""
         def render(messages, generation_prompt: bool) -> str:
             return tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=generation_prompt
+                messages, tokenize=False, add_generation_prompt=generation_prompt, chat_template=template
             )
 
         def user(text: str) -> dict:
@@ -53,10 +59,12 @@ class PromptFormat:
         if tokenizer.eos_token_id is not None:
             stop_ids.add(tokenizer.eos_token_id)
         stop_ids.discard(tokenizer.unk_token_id)
-        if frame_marker and "{s}" not in frame_marker:
-            raise ValueError(f"frame marker {frame_marker!r} has no {{s}} for the seconds")
-        return cls(prefix, question_prefix, question_suffix, separator, frozenset(stop_ids), frame_marker)
+        return cls(prefix, question_prefix, question_suffix, separator, frozenset(stop_ids), frame_marker,
+                   frame_suffix)
 
     def marker(self, seconds: int) -> str:
-        """The text before a frame taken `seconds` after the stream's first one."""
-        return self.frame_marker.replace("{s}", str(seconds))
+        """The text before a frame taken `seconds` after the stream's first one. Minutes are
+        not capped at 60, as SmolVLM's processor writes them."""
+        minutes, rest = divmod(seconds, 60)
+        return (self.frame_marker.replace("{s}", str(seconds)).replace("{mm}", f"{minutes:02d}")
+                .replace("{ss}", f"{rest:02d}"))

@@ -120,7 +120,8 @@ def write_random_llava(out: Path, vision: dict, text: dict, vocab_size: int | No
     ).save_pretrained(out)
 
 
-def build_tokenizer():
+def build_tokenizer(special: list[str] = _SPECIAL_TOKENS, eos: str = "<|im_end|>", template: str = _CHAT_TEMPLATE):
+    """A byte-level BPE tokenizer trained on the corpus above; `special[0]` is the padding."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -128,14 +129,12 @@ def build_tokenizer():
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512, special_tokens=_SPECIAL_TOKENS, show_progress=False,
+        vocab_size=512, special_tokens=special, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     core.train_from_iterator(_CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, pad_token=special[0])
     # Registered as special so that "<video>" is never split into pieces.
-    tokenizer.add_special_tokens({"additional_special_tokens": _SPECIAL_TOKENS[1:]})
-    tokenizer.chat_template = _CHAT_TEMPLATE
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    tokenizer.chat_template = template
     return tokenizer
