@@ -1,5 +1,5 @@
 """Every model family's tiny model runs through the commands a user runs: `bench vision`,
-`bench prune`, `bench answer` and `replay` (figures are not judged, only that each ran the
+`bench prune`, `bench answer`, `replay` and `export onnx` (figures are not judged, only that each ran the
 sizes asked for with that family's geometry)."""
 
 from __future__ import annotations
@@ -59,3 +59,11 @@ def test_a_family_the_engine_cannot_run_is_refused_with_the_reason(tmp_path, mod
         load_model(ModelConfig(name=str(tmp_path), fallback_to_tiny=False))
     reason = str(refused.value)
     assert ("DeepStack" in reason) if model_type == "qwen3_vl" else ("qwen2_vl" in reason and "smolvlm" in reason)
+
+
+@FAMILY
+def test_export_onnx_of_the_familys_tower_matches_torch(model, tmp_path):
+    result = streamvlm("export", "onnx", "--model", model, "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    diff = json.loads(result.stdout.splitlines()[-1])["max_abs_diff"]
+    assert diff["full"] < 1e-4 and diff["delta"] < 1e-4

@@ -103,8 +103,7 @@ def _appearance_recall(model, cfg: PipelineConfig, settings, frames: int, seed: 
     vision = VisionStage(cfg, model)
     pruner = TokenPruner(settings)
     # The share of the frame's side the patch grid covers (SigLIP at 384 px drops a 6 px edge).
-    side = model.preprocess(np.zeros((8, 8, 3), np.uint8)).shape[-1]
-    extent = model.tower.patch_grid[0] * patch_embedding_size(model.tower.embed)[0] / side
+    extent = model.tower.patch_grid[0] * patch_embedding_size(model.tower.embed)[0] / model.image_size
     hits = covered = 0
     kept = []
     for i, frame in enumerate(scene):

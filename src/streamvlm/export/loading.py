@@ -17,4 +17,4 @@ def load_tower(name: str):
     from streamvlm.models import load_model
 
     model = load_model(ModelConfig(name=name, fallback_to_tiny=False))
-    return model.tower, model.hf_model.config.vision_config.image_size, model.name, model.preprocess
+    return model.tower, model.image_size, model.name, model.preprocess

@@ -57,6 +57,7 @@ class VisionLanguageModel(ABC):
     dtype: torch.dtype
     device: torch.device
     tower: VisionTower
+    image_size: int  # side of the square frame `preprocess` makes and the tower takes, pixels
     tokenizer: object  # a transformers tokenizer
     prompt: PromptFormat
     hf_model: nn.Module  # the whole transformers model, used as the reference in tests

@@ -35,6 +35,7 @@ class LlavaOnevisionAdapter(VisionLanguageModel):
         stops = tuple(t for t in _CHATML_STOP if t in self.tokenizer.get_vocab())
         self.prompt = PromptFormat.from_chat_template(self.tokenizer, video_token, stops, _frame_marker(model_dir))
         self._pixels = PixelSpec.from_dir(model_dir)
+        self.image_size = self.hf_model.config.vision_config.image_size
         self.tower = self._split_tower()
 
     def _split_tower(self) -> VisionTower:
