@@ -204,9 +204,8 @@ class StreamingEngine(ContextEngine):
                 outputs.append(self.lm_head(hidden[:, -1])[0].float())
         if kind == FRAME:
             # Memory keeps a frame's text (time marker, delimiters) whole and leaves it out of
-            # retrieval: mark it,
-            # also when the frame is not scored (nothing compressed, or memory attached only
-            # later), so that stale scores never pose as one.
+            # retrieval: mark it, also when the frame is not scored (nothing compressed, or
+            # memory attached only later), so that stale scores never pose as text.
             scores = self.cache.buffers.scores[0, 0, start:start + steps, 0]
             if not score:
                 scores.zero_()
