@@ -130,3 +130,18 @@ def test_lossless_memory_answers_as_transformers_over_every_frame(qwen, frames):
     with torch.inference_mode():
         reference = qwen.hf_model(**_reference_inputs(qwen, ids, stream)).logits[0, -1].float()
     torch.testing.assert_close(answer.first_logits, reference, atol=ATOL, rtol=0)
+
+
+def test_the_delta_caches_change_is_in_camera_pixels_whatever_the_normalization(qwen, frames):
+    """Qwen normalizes with CLIP's std (about 0.27), not SigLIP's 0.5: the delta cache turns
+    a change of its input back into 0..1 camera pixels, so its threshold means the same."""
+    import torch.nn.functional as F
+
+    from streamvlm.vision.delta_cache import DeltaViT
+
+    delta = DeltaViT(qwen.tower)
+    a, b = frames[0], frames[1]
+    ours = delta.patches(qwen.preprocess(a)) - delta.patches(qwen.preprocess(b))
+    camera = torch.from_numpy(qwen._pixels.resize(a).astype("float32") - qwen._pixels.resize(b)) / 255
+    theirs = F.unfold(camera[None], kernel_size=14, stride=14)[0].T
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)

@@ -48,6 +48,10 @@ class VisionTower:
     layers: tuple[SiglipLayer, ...]  # each [B, P, C] -> [B, P, C]: the layer's pieces (models.siglip)
     feature_layers: tuple[int, ...]  # non-negative indices into hidden_states
     patch_grid: tuple[int, int]  # (rows, cols) of patches, P = rows * cols
+    # Per channel, what a change of 1 in the tower's normalized input is on 0..1 camera
+    # pixels (the normalization's std over the rescale: SigLIP's 0.5; CLIP's, Qwen2-VL's,
+    # about 0.27): the delta cache's threshold is in camera pixels.
+    pixel_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 
 class VisionLanguageModel(ABC):

@@ -55,6 +55,7 @@ class LlavaOnevisionAdapter(VisionLanguageModel):
             layers=layers[: max(feature_layers)],
             feature_layers=feature_layers,
             patch_grid=(side, side),
+            pixel_std=self._pixels.camera_std,
         )
 
     def preprocess(self, frame_rgb: np.ndarray) -> torch.Tensor:
@@ -127,6 +128,11 @@ class PixelSpec:
         std = cfg.get("image_std", [0.5, 0.5, 0.5]) if cfg.get("do_normalize", True) else [1.0] * 3
         rescale = cfg.get("rescale_factor", 1 / 255) if cfg.get("do_rescale", True) else 1.0
         return cls(height, width, mean, std, rescale)
+
+    @property
+    def camera_std(self) -> tuple[float, float, float]:
+        """Per channel, how much a change of 1 in the normalized input is on 0..1 camera pixels."""
+        return tuple(float(s) / (self.rescale * 255) for s in self.std.flatten())
 
     def apply(self, frame_rgb: np.ndarray) -> torch.Tensor:
         return self.normalize(torch.from_numpy(self.resize(frame_rgb))[None])  # [1, 3, H, W]

@@ -67,7 +67,8 @@ class Qwen2VLAdapter(VisionLanguageModel):
         layers = tuple(QwenVisionLayer(block, cos, sin, None if i in full else windowed)
                        for i, block in enumerate(visual.blocks))
         return VisionTower(embed=StillPatchEmbedding(visual.patch_embed.proj), layers=layers,
-                           feature_layers=(len(layers),), patch_grid=(side, side))
+                           feature_layers=(len(layers),), patch_grid=(side, side),
+                           pixel_std=self._pixels.camera_std)
 
     def preprocess(self, frame_rgb: np.ndarray) -> torch.Tensor:
         return self._pixels.apply(frame_rgb).to(self.device, self.dtype)

@@ -82,7 +82,8 @@ class SmolVLMAdapter(VisionLanguageModel):
             raise ValueError(f"{self.name}: a {side}x{side} patch grid cannot be pixel-shuffled by {self.scale}")
         # The connector reads the last layer's output (post-layernormed in `project`).
         return VisionTower(embed=FullFrameEmbeddings(vision.embeddings), layers=layers,
-                           feature_layers=(len(layers),), patch_grid=(side, side))
+                           feature_layers=(len(layers),), patch_grid=(side, side),
+                           pixel_std=self._pixels.camera_std)
 
     def preprocess(self, frame_rgb: np.ndarray) -> torch.Tensor:
         # SmolVLM's processors resize twice (longest edge, then the square); one bicubic resize

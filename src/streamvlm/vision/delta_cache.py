@@ -204,7 +204,8 @@ class DeltaViT:
         rows = pixels.shape[2] // p * p
         cols = pixels.shape[3] // p * p
         cut = pixels[0, :, :rows, :cols].float()
-        return F.unfold(cut[None], kernel_size=p, stride=p)[0].T * 0.5  # [-1, 1] -> spans 1
+        cut = cut * torch.tensor(self.tower.pixel_std, device=cut.device)[:, None, None]  # back to 0..1 spans
+        return F.unfold(cut[None], kernel_size=p, stride=p)[0].T
 
     def _stc(self, pixels: torch.Tensor) -> None:
         s = self.settings
