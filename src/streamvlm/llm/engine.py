@@ -2,10 +2,11 @@
 
 Runs the model's own layer pieces (norms, projections, MLP, rotary table) layer by layer
 through the family-neutral `models.decoder.LanguageDecoder`, but owns attention and the
-cache: keys are written before RoPE into preallocated buffers (gpt-fast's static cache)
-and rotated at use for positions 0..L-1, which is what keeps positions contiguous after
-eviction (see `kv_cache`; with M-RoPE, Qwen2-VL's 3-D positions, each slot's layout gives
-its position). Which decoders can run (LLaVA-OneVision's Qwen2, SmolLM2's and SmolVLM's
+cache: keys are written rotated at their position into preallocated buffers (gpt-fast's
+static cache); when eviction or retrieval moves them, they are rotated by how far they
+moved before they are next read, which keeps positions contiguous (see `kv_cache`; with
+M-RoPE, Qwen2-VL's 3-D positions, each slot's layout gives its position, and a move shifts
+all three axes alike, which is a plain rotation by the shift). Which decoders can run (LLaVA-OneVision's Qwen2, SmolLM2's and SmolVLM's
 Llama, Qwen3, Qwen2-VL's M-RoPE Qwen2) is the decoder adapter's decision.
 """
 
@@ -43,11 +44,17 @@ class StreamingEngine(ContextEngine):
         # the slots' layout (kv_cache), evaluated per forward.
         self.mrope = language.position_axes == 3
         self.cos, self.sin = (None, None) if self.mrope else self._rotary_table(slots)  # [slots, head_dim] each
-        # Keys rotated for the current step, reused by every layer: no allocation per step.
-        self._rotated = torch.empty(self.kv_heads, slots, self.head_dim, dtype=self.dtype, device=self.device)
+        # RoPE's attention scaling (1 but for scaled variants such as YaRN): rotary tables are
+        # cos and sin times it, so a rotation by a shift divides it out.
+        zero = torch.zeros(1, dtype=torch.long, device=self.device)
+        self._rope_gain = float(self.language.rotary(self._axes(zero))[0][0, 0])
         self.score_frames = False  # record the attention each frame token gets from its frame (for memory)
         self.memory: FrameMemory | None = None
         self._reserved: int | None = None  # tokens reserved for the turn in hand; writes then never evict
+
+    def _axes(self, positions: torch.Tensor) -> torch.Tensor:
+        """1-D positions [T] as the decoder takes them ([3, T], all axes alike, with M-RoPE)."""
+        return positions.expand(3, -1) if self.mrope else positions
 
     @torch.inference_mode()
     def _rotary_table(self, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,8 +180,46 @@ class StreamingEngine(ContextEngine):
         for span in frames:
             slots = slice(span.start, span.start + span.length)
             layout = buffers.layout[0, 0, slots] if self.mrope else None  # 1-D: text-like, nothing to keep
-            self.memory.add(buffers.keys[:, :, slots], buffers.values[:, :, slots],
+            self.memory.add(self.keys_before_rope(slots), buffers.values[:, :, slots],
                             buffers.scores[0, 0, slots, 0], span.stamp_ns, layout)
+
+    def keys_before_rope(self, slots: slice) -> torch.Tensor:
+        """The keys of these slots [layers, kv_heads, n, head_dim] as the model projected them,
+        before RoPE (long-term memory matches questions against them and moves them)."""
+        buffers = self.cache.buffers
+        at = buffers.rotated_at[0, 0, slots, 0].long()
+        keys = buffers.keys[:, :, slots]
+        if self.mrope:
+            positions = at[None] + buffers.layout[0, 0, slots, :3].long().T
+        else:
+            positions = at
+        cos, sin = self._rope(positions)
+        return torch.where((at >= 0)[:, None], _rotate(keys, cos, -sin), keys)
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, head_dim] for positions [T] (or [3, T] with M-RoPE)."""
+        if not self.mrope:
+            return self.cos[positions.clamp_min(0)], self.sin[positions.clamp_min(0)]
+        return self.language.rotary(positions)
+
+    def _bring_in_step(self, upto: int) -> None:
+        """Rotate the keys of slots 0..upto-1 that moved (eviction, retrieval) by how far they
+        moved, and the keys back from memory by their whole position."""
+        buffers = self.cache.buffers
+        bases = buffers.bases(upto)
+        at = buffers.rotated_at[0, 0, :upto, 0].long()
+        keys = buffers.keys[:, :, :upto]
+        moved = ((at >= 0) & (at != bases)).nonzero().flatten()
+        if moved.numel():
+            cos, sin = self.language.rotary(self._axes(bases[moved] - at[moved]))
+            turned = _rotate(keys[:, :, moved].float(), cos.float() / self._rope_gain, sin.float() / self._rope_gain)
+            keys[:, :, moved] = turned.to(keys.dtype)
+        fresh = (at < 0).nonzero().flatten()
+        if fresh.numel():
+            positions = buffers.positions(upto)[:, fresh] if self.mrope else bases[fresh]
+            cos, sin = self._rope(positions)
+            keys[:, :, fresh] = _rotate(keys[:, :, fresh], cos, sin)
+        buffers.rotated_at[0, 0, :upto, 0] = bases.to(torch.int32)
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
@@ -232,31 +277,35 @@ class StreamingEngine(ContextEngine):
         steps = x.shape[1]
         end = start + steps
         group = self.q_heads // self.kv_heads
+        buffers = self.cache.buffers
+        if self.cache.moved:  # only after an eviction or retrieval: a host sync there is fine
+            self._bring_in_step(start)
+            self.cache.moved = False
         if self.mrope:
-            cos, sin = self.language.rotary(self.cache.buffers.positions(end))  # [end, head_dim]
+            bases = buffers.bases(end)[start:]
+            cos_q, sin_q = self.language.rotary(buffers.positions(end)[:, start:])  # [T, head_dim]
         else:
-            cos, sin = self.cos[:end], self.sin[:end]
-        cos_q, sin_q = cos[start:end], sin[start:end]
+            bases = torch.arange(start, end, device=self.device)
+            cos_q, sin_q = self.cos[start:end], self.sin[start:end]
+        buffers.rotated_at[0, 0, start:end, 0] = bases.to(torch.int32)
         mask = None
         if steps > 1:
             # Query i (slot start+i) sees slots 0..start+i. Rows are (group, T): the
             # grouped query heads of one KV head share its keys without copying them.
             slots = torch.arange(end, device=self.device)
             mask = (slots[None] <= torch.arange(start, end, device=self.device)[:, None]).repeat(group, 1)
-        rotated = self._rotated[:, :end]
         for index, layer in enumerate(self.language.layers):
             q, k, v = layer.qkv(x)  # [T, Hq, d], [T, Hkv, d], [T, Hkv, d], before RoPE
             if capture is not None:
                 capture.append(q.float())
-            self.cache.buffers.write(index, start, k.transpose(0, 1), v.transpose(0, 1))
+            buffers.write(index, start, _rotate(k.transpose(0, 1), cos_q, sin_q), v.transpose(0, 1))
             q = _rotate(q.transpose(0, 1), cos_q, sin_q)  # [Hq, T, d]
             q = q.reshape(self.kv_heads, group * steps, self.head_dim)  # [Hkv, group*T, d]
-            _rotate_into(rotated, self.cache.buffers.keys[index, :, :end], cos, sin)
-            values = self.cache.buffers.values[index, :, :end]  # [Hkv, L, d]
-            out = F.scaled_dot_product_attention(q[None], rotated[None], values[None], attn_mask=mask,
+            keys, values = buffers.keys[index, :, :end], buffers.values[index, :, :end]  # [Hkv, L, d]
+            out = F.scaled_dot_product_attention(q[None], keys[None], values[None], attn_mask=mask,
                                                  scale=self.scaling)  # [1, Hkv, group*T, d]
             if score:
-                self._score(q, rotated[:, start:end], start, index == 0)
+                self._score(q, keys[:, start:end], start, index == 0)
             out = out.view(self.q_heads, steps, self.head_dim).transpose(0, 1).reshape(1, steps, -1)
             x = layer.mlp_block(layer.attention_out(x, out))
         return self.language.final_norm(x)
@@ -284,10 +333,3 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + turned * sin
 
-
-def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """`_rotate` written into `out` (same shape as x) without temporaries."""
-    half = x.shape[-1] // 2
-    torch.mul(x, cos, out=out)
-    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
-    out[..., half:].addcmul_(x[..., :half], sin[..., half:])

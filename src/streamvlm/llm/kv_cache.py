@@ -18,8 +18,10 @@ arXiv 2309.17453), in slot order, which is also stream order:
 
 Position rule, written once here: the token in slot i has position i. Eviction closes
 the hole by moving later slots down, so positions stay contiguous and never grow. Keys
-are stored before RoPE and rotated at use (see `engine`), so moving a key needs no
-re-rotation and no rounding error builds up over hours of eviction.
+are stored rotated at their position; a key that moves is rotated again by how far it
+moved (RoPE rotations compose) before it is next read (see `engine`), so a decode step
+rotates nothing it did not write, and a key is re-rotated about once per frame that
+leaves ahead of it while it is in the window, not once per step.
 
 M-RoPE (Qwen2-VL) generalizes the rule: each slot holds its token's offsets (time, row,
 column) from where its span starts and how far it moves the next token's start (text:
@@ -270,10 +272,14 @@ class KVBuffers:
         # Each slot's position rule (see the module docstring): offsets (time, row, column)
         # and the move to the next token's start.
         self.layout = torch.zeros((1, 1, slots, 4), dtype=torch.int32, device=device)
+        # The start position (`bases`) each slot's key was rotated at; -1: not rotated yet (a
+        # key back from memory). A key whose slot's start has since moved is rotated by the
+        # difference before it is read (engine), so keys are rotated once, not at every step.
+        self.rotated_at = torch.full((1, 1, slots, 1), -1, dtype=torch.int32, device=device)
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.keys, self.values, self.scores, self.layout
+        return self.keys, self.values, self.scores, self.layout, self.rotated_at
 
     def write_layout(self, start: int, steps: int, layout: torch.Tensor | None) -> None:
         """Slots start..start+steps-1 get `layout` [steps, 4] (None: text, one position each)."""
@@ -284,12 +290,15 @@ class KVBuffers:
         else:
             rows.copy_(layout)
 
+    def bases(self, end: int) -> torch.Tensor:
+        """[end] where each of slots 0..end-1 starts: the sum of the moves before it (the slot
+        index itself for 1-D models, whose every move is 1)."""
+        moves = self.layout[0, 0, :end, 3].long()
+        return torch.cumsum(moves, 0) - moves
+
     def positions(self, end: int) -> torch.Tensor:
         """M-RoPE positions [3, end] of slots 0..end-1 from their layout."""
-        rows = self.layout[0, 0, :end].long()
-        moves = rows[:, 3]
-        starts = torch.cumsum(moves, 0) - moves
-        return (starts[:, None] + rows[:, :3]).T
+        return (self.bases(end)[:, None] + self.layout[0, 0, :end, :3].long()).T
 
     def write(self, layer: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """keys, values [kv_heads, T, head_dim] into slots start..start+T-1."""
@@ -340,6 +349,7 @@ class StreamingKVCache:
         self.buffers = buffers
         self.evicted_tokens = 0
         self.on_evict = None  # called with (evicted frame spans, buffers) before their slots are reused
+        self.moved = False  # slots moved since the engine last brought the keys' rotation in step
 
     @property
     def length(self) -> int:
@@ -348,6 +358,7 @@ class StreamingKVCache:
     def reset(self) -> None:
         self.policy.reset()
         self.evicted_tokens = 0
+        self.moved = False
 
     def make_room(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> list[tuple[int, int]]:
         used_before = self.policy.used
@@ -357,6 +368,7 @@ class StreamingKVCache:
                 self.on_evict(self.policy.evicted_frames, self.buffers)  # before their slots are reused
             self.buffers.close_gaps(removed, used_before)
             self.evicted_tokens += sum(n for _, n in removed)
+            self.moved = True
         return removed
 
     def insert_frames(self, frames: list) -> None:
@@ -373,13 +385,16 @@ class StreamingKVCache:
             self.buffers.keys[:, :, at:at + n].copy_(frame.keys)
             self.buffers.values[:, :, at:at + n].copy_(frame.values)
             self.buffers.write_layout(at, n, frame.layout)
+            self.buffers.rotated_at[0, 0, at:at + n] = -1  # memory keeps keys before RoPE
             at += n
+        self.moved = True
 
     def remove_retrieved(self) -> None:
         used_before = self.policy.used
         removed = self.policy.remove_retrieved()
         if removed:
             self.buffers.close_gaps(removed, used_before)
+            self.moved = True
 
 
 def frame_layout(header: int, cells: torch.Tensor, grid: tuple[int, int], footer: int) -> torch.Tensor:
