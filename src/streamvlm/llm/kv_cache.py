@@ -259,7 +259,8 @@ class StreamingPolicy:
 
 
 class KVBuffers:
-    """Preallocated keys (before RoPE) and values for every layer: [layers, kv_heads, slots, head_dim]."""
+    """Preallocated keys (rotated at `rotated_at`) and values for every layer: [layers, kv_heads, slots,
+    head_dim]."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int, slots: int, dtype: torch.dtype,
                  device: torch.device):
