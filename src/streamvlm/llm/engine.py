@@ -282,8 +282,9 @@ class StreamingEngine(ContextEngine):
             self._bring_in_step(start)
             self.cache.moved = False
         if self.mrope:
-            bases = buffers.bases(end)[start:]
-            cos_q, sin_q = self.language.rotary(buffers.positions(end)[:, start:])  # [T, head_dim]
+            bases = buffers.bases(end)[start:]  # one running sum per forward, for both uses
+            offsets = buffers.layout[0, 0, start:end, :3].long()
+            cos_q, sin_q = self.language.rotary((bases[:, None] + offsets).T)  # [T, head_dim]
         else:
             bases = torch.arange(start, end, device=self.device)
             cos_q, sin_q = self.cos[start:end], self.sin[start:end]

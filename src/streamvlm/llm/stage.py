@@ -42,6 +42,7 @@ class LanguageStage:
         self.timeline = Timeline(cfg.stream)  # applied by whoever receives the tokens (worker, pipeline)
         self._newest_ns: int | None = None  # newest frame ingested (it may have left the cache since)
         self._first_ns: int | None = None  # the stream's first frame: time markers count from it
+        self._suffix: torch.Tensor | None = None  # the embedded text closing each frame
         self._started = False
         self._turn_has_frames = False
         self._caption_anchor_ns: int | None = None  # last caption's stamp (first frame before any)
@@ -135,8 +136,9 @@ class LanguageStage:
         if not prompt.frame_marker and not prompt.frame_suffix:
             return batch.embeddings, 0, 0
         seconds = (batch.stamp_ns - self._first_ns) // 1_000_000_000
-        marker, suffix = (self._embed_text(prompt.marker(seconds) if prompt.frame_marker else ""),
-                          self._embed_text(prompt.frame_suffix))
+        if self._suffix is None:  # the same text after every frame: embedded once
+            self._suffix = self._embed_text(prompt.frame_suffix)
+        marker, suffix = self._embed_text(prompt.marker(seconds) if prompt.frame_marker else ""), self._suffix
         tokens = batch.embeddings.to(marker.device, marker.dtype)
         return torch.cat([marker, tokens, suffix]), marker.shape[0], suffix.shape[0]
 
