@@ -83,7 +83,7 @@ def test_prune_compares_pruned_and_unpruned_prefill_and_answers(tmp_path):
     assert stc["prefill_ratio"] > 0 and stc["kl"] >= 0 and 0 <= stc["appearance_recall"] <= 1
     assert stc["synthetic"]["appearances"] == 3 and stc["synthetic"]["cells"] > 0
     # Keep-all: the pruned pipeline is the unpruned one, so its answers agree exactly.
-    keep_all = _bench("prune", *common, "--mode", "adaptive", "--min-tokens", "196", "--max-tokens", "196")
+    keep_all = _bench("prune", *common, "--mode", "adaptive", "--min-tokens", "196", "--keep-tokens", "196")
     assert keep_all["tokens_mean"] == 196 and keep_all["appearance_recall"] == 1.0
     assert keep_all["top1_agreement"] == 1.0 and keep_all["kl"] == 0.0
 

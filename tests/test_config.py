@@ -84,7 +84,7 @@ def test_a_component_refuses_a_bad_value_however_it_is_built():
     with pytest.raises(ValueError, match=r"PruneSettings.novelty must be in"):
         PruneSettings(novelty=float("nan"))
     with pytest.raises(ValueError, match="min_tokens"):
-        config.PipelineConfig().replace(vision={"prune.min_tokens": 99})  # above max_tokens 98
+        config.PipelineConfig().replace(vision={"prune.min_tokens": 99})  # above keep_tokens 98
 
 
 def test_old_flat_names_are_translated_with_a_warning(tmp_path):
@@ -98,6 +98,14 @@ def test_old_flat_names_are_translated_with_a_warning(tmp_path):
     assert len(warnings) == 4 and "vision.delta_mode is now vision.delta.mode" in warnings[1]
     assert config.load(path) == cfg
     assert set(config.LEGACY_NAMES.values()) <= set(config.described(config.PipelineConfig()))
+
+
+def test_the_adaptive_pruners_old_ceiling_is_the_one_budget_unless_the_budget_is_given():
+    warnings = []
+    alone = config.translate_legacy({"vision.prune.max_tokens": 60}, warnings.append)
+    assert config.from_flat(alone).vision.prune.keep_tokens == 60 and "please rename" in warnings[0]
+    both = config.translate_legacy({"vision.prune.keep_tokens": 40, "vision.prune.max_tokens": 98}, warnings.append)
+    assert config.from_flat(both).vision.prune.keep_tokens == 40 and "is ignored" in warnings[1]
 
 
 def test_settings_in_diagnostics_leave_out_what_cannot_change():

@@ -28,7 +28,7 @@ BUDGETS = pytest.mark.parametrize("budget", [8192, 0], ids=["streaming", "full"]
 PRUNING = pytest.mark.parametrize("pruning", [
     {"mode": "off"},
     {"mode": "stc", "keep_tokens": 196},
-    {"mode": "adaptive", "min_tokens": 196, "max_tokens": 196},
+    {"mode": "adaptive", "min_tokens": 196, "keep_tokens": 196},
 ], ids=["unpruned", "stc-keep-all", "adaptive-keep-all"])
 
 

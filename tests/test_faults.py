@@ -112,7 +112,7 @@ def test_an_invalid_run_time_change_is_refused_and_changes_nothing(request, tiny
         (llm, [Parameter("language.cache.budget_tokens", value=1024)], "read-only"),
         (llm, [Parameter("stream.on_time_jump", value="sometimes")], "one of reset"),
         (encoder, [Parameter("vision.fps", value=5.0), Parameter("vision.prune.min_tokens", value=200)],
-         "must not exceed max_tokens"),
+         "must not exceed keep_tokens"),
         (encoder, [Parameter("vision.fps", value=float("nan"))], ""),
     ]
     for node, params, reason in cases:

@@ -73,14 +73,14 @@ def test_helpers():
 
 @pytest.mark.parametrize("mode", ["stc", "adaptive"])
 def test_keep_all_settings_keep_every_token(mode):
-    settings = PruneSettings(mode=mode, keep_tokens=N, min_tokens=N, max_tokens=N)
+    settings = PruneSettings(mode=mode, keep_tokens=N, min_tokens=N)
     pruner = TokenPruner(settings)
     for i in range(3):
         assert pruner.select(_noisy(_scene(), i), i * SECOND).keep.tolist() == list(range(N))
 
 
 def test_adaptive_sends_what_changed_and_almost_nothing_otherwise():
-    settings = PruneSettings(mode="adaptive", min_tokens=2, max_tokens=98, novelty=0.02, refresh_s=0)
+    settings = PruneSettings(mode="adaptive", min_tokens=2, keep_tokens=98, novelty=0.02, refresh_s=0)
     pruner = TokenPruner(settings)
     scene = _scene()
     first = pruner.select(scene, 0)
@@ -100,7 +100,7 @@ def test_adaptive_sends_what_changed_and_almost_nothing_otherwise():
 
 
 def test_adaptive_ceiling_takes_the_largest_changes():
-    pruner = TokenPruner(PruneSettings(mode="adaptive", min_tokens=1, max_tokens=10, refresh_s=0))
+    pruner = TokenPruner(PruneSettings(mode="adaptive", min_tokens=1, keep_tokens=10, refresh_s=0))
     scene = _scene()
     for i in range(20):  # the whole view reaches the LLM, 10 cells a frame
         assert pruner.select(scene, i * SECOND).keep.numel() == (10 if i < 19 else 6)
@@ -117,7 +117,7 @@ def test_adaptive_ceiling_takes_the_largest_changes():
 
 def test_adaptive_refresh_keeps_every_cell_recent_on_a_static_stream():
     refresh_s = 6.0
-    pruner = TokenPruner(PruneSettings(mode="adaptive", min_tokens=1, max_tokens=98, refresh_s=refresh_s))
+    pruner = TokenPruner(PruneSettings(mode="adaptive", min_tokens=1, keep_tokens=98, refresh_s=refresh_s))
     scene = _scene()
     sent = np.full(N, -math.inf)
     counts, ages = [], []
@@ -133,7 +133,7 @@ def test_adaptive_refresh_keeps_every_cell_recent_on_a_static_stream():
 
 
 def test_adaptive_starts_over_when_time_goes_back_or_the_grid_changes():
-    pruner = TokenPruner(PruneSettings(mode="adaptive", max_tokens=98, refresh_s=0))
+    pruner = TokenPruner(PruneSettings(mode="adaptive", keep_tokens=98, refresh_s=0))
     scene = _scene()
     counts = [pruner.select(scene, (10 + i) * SECOND).keep.numel() for i in range(3)]
     assert counts == [98, 98, 4]
@@ -143,7 +143,7 @@ def test_adaptive_starts_over_when_time_goes_back_or_the_grid_changes():
 
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="min_tokens"):
-        PruneSettings(min_tokens=10, max_tokens=5)
+        PruneSettings(min_tokens=10, keep_tokens=5)
     with pytest.raises(ValueError, match="mode"):
         PruneSettings(mode="magic")
 

@@ -111,7 +111,10 @@ LEGACY_NAMES = {
     "vision.torch_compile": "vision.backend.torch_compile",
     "vision.trt_precision": "vision.backend.trt_precision",
     **{f"vision.prune_{name}": f"vision.prune.{name}"
-       for name in ("mode", "keep_tokens", "min_tokens", "max_tokens", "novelty", "refresh_s")},
+       for name in ("mode", "keep_tokens", "min_tokens", "novelty", "refresh_s")},
+    # adaptive's ceiling became the one per-frame budget both prune modes spend (2026-12)
+    "vision.prune_max_tokens": "vision.prune.keep_tokens",
+    "vision.prune.max_tokens": "vision.prune.keep_tokens",
     "language.kv_budget_tokens": "language.cache.budget_tokens",
     **{f"language.{name}": f"language.cache.{name}"
        for name in ("sink_tokens", "text_sink_tokens", "text_window_tokens", "vision_window_s",
@@ -128,6 +131,9 @@ def translate_legacy(params: Mapping[str, Any], warn=log.warning) -> dict[str, A
     out = {}
     for key, value in params.items():
         new = LEGACY_NAMES.get(key)
+        if new and new in params:  # given under both names: the new one counts (as on a ROS node)
+            warn(f"parameter {key} is now {new}, which is given too; {key} is ignored")
+            continue
         if new:
             warn(f"parameter {key} is now {new}; please rename it")
             key = new

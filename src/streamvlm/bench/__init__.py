@@ -43,6 +43,9 @@ def _kv(p) -> None:
                    help="the full-attention baseline stops when its KV cache passes this size")
     p.add_argument("--recompute-frames", type=int, default=200,
                    help="frames of the sliding-window recompute baseline (its cost is flat once the window is full)")
+    from streamvlm.llm.memory import MemorySettings
+
+    add_settings(p, MemorySettings, prefix="memory-")
 
 
 def _decode(p) -> None:

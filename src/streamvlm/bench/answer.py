@@ -153,6 +153,8 @@ def _capacity_memory(model, cfg, frames, ceiling: int, limit: int) -> dict:
         best = max(best, len(stage.frame_stamps) + len(stage.memory))
         bar.update()
     bar.close()
-    return {"frames": best, "bytes": kv_bytes(stage), "under_ceiling": kv_bytes(stage) <= ceiling,
+    # bytes: what the frames take (the budget); reserved: the store's tensors, used or not
+    reserved = kv_bytes(stage) - stage.memory.nbytes + stage.memory.reserved_bytes
+    return {"frames": best, "bytes": kv_bytes(stage), "reserved_bytes": reserved, "under_ceiling": reserved <= ceiling,
             "reached_ceiling": stage.memory.dropped > 0,
             "store_bytes_per_frame": round(stage.memory.nbytes / max(1, len(stage.memory)))}

@@ -4,7 +4,8 @@ retrieved per question.
 After LiveVLM (arXiv 2505.15269) and ReKV (ICLR 2025, github.com/Becomebright/ReKV):
 - A frame leaving the streaming cache keeps `keep_ratio` of its tokens, those its own
   tokens attended to most (LiveVLM's vision-to-vision attention), with keys before RoPE
-  (position-agnostic, as LiveVLM's retrieval wants), optionally stored as int8.
+  (position-agnostic, as LiveVLM's retrieval wants), stored as int8 or 4-bit groups
+  (llm/quantize.py) or in a float dtype.
 - `match: mean` (ReKV): a frame's retrieval key is the mean of its keys before RoPE, per
   layer, taken over all of its tokens before compression; a question's summary is the mean
   of its queries before RoPE. A frame's score is the cosine of the two, with each key head
@@ -20,7 +21,10 @@ After LiveVLM (arXiv 2505.15269) and ReKV (ICLR 2025, github.com/Becomebright/Re
   ColBERT's late interaction does), and for 1 of 8 by mean. In `bench qa` (4 streams, 30
   needle questions) the answers attended to the needle's frame 0.73 of the time with
   tokens, 0.30 with mean, at the same short-range accuracy, so tokens is the default. It
-  costs one pass over every stored key per question (7% more time in that run).
+  costs one pass over every stored key per question (7% more time in that run). Only
+  `mean` needs a retrieval key per frame (one token's keys in float16): under `tokens`
+  none is stored; switching to `mean` at run time gives the frames stored before it the
+  mean of their kept keys.
 - ReKV retrieves per layer; one ranking for all layers is used here so that an answer can
   name the frames it used.
 - The store is bounded in frames and in bytes; when full, the oldest frame is dropped.
@@ -36,8 +40,9 @@ from typing import NamedTuple
 import torch
 
 from streamvlm.fields import check, setting
+from streamvlm.llm.quantize import STORE_DTYPES, Stored, store
+from streamvlm.llm.ring import Ring
 
-STORE_DTYPES = ("int8", "float16", "bfloat16", "float32")
 MATCHES = ("mean", "tokens")
 
 
@@ -53,7 +58,8 @@ class MemorySettings:
                                 "compression)", range=(0.001, 1.0))
     top_k: int = setting(16, "frames brought back from memory for each question (0: no retrieval)",
                          range=(0, 4096))
-    dtype: str = setting("int8", "how memory stores keys and values", choices=STORE_DTYPES)
+    dtype: str = setting("int8", "how memory stores keys and values (int8: a scale per token; int4: 4-bit "
+                         "groups of 32 channels with a scale and minimum each)", choices=STORE_DTYPES)
     match: str = setting("tokens", "how a question finds frames: mean (its mean query against each frame's mean key, "
                          "ReKV) or tokens (the attention its tokens give each frame's kept keys)",
                          choices=MATCHES)
@@ -72,24 +78,21 @@ class MemorySettings:
 
 @dataclass
 class StoredFrame:
+    """A frame in memory; its keys and values are rows of the memory's ring (in step with
+    `FrameMemory.frames`)."""
+
     stamp_ns: int
-    keys: torch.Tensor  # [layers, kv_heads, n, head_dim], before RoPE, in the store's dtype
-    values: torch.Tensor
-    key_scale: torch.Tensor | None  # int8: [layers, kv_heads, n, 1] per-token absmax scales
-    value_scale: torch.Tensor | None
-    summary_bytes: int  # its retrieval key, held in the memory's key matrix
+    tokens: int
+    row_bytes: int  # its keys' and values' bytes per token, in the store's dtype
+    summary_bytes: int = 0  # its retrieval key (match: mean), held in the memory's key matrix
     header: int = 0  # its first tokens are its time marker (text every frame has, not content)
     footer: int = 0  # its last tokens are text too (an image's closing delimiter)
     layout: torch.Tensor | None = None  # [n, 4] int32 its tokens' position rule (kv_cache), on the host
 
     @property
-    def tokens(self) -> int:
-        return int(self.keys.shape[2])
-
-    @property
     def nbytes(self) -> int:
-        parts = (self.keys, self.values, self.key_scale, self.value_scale, self.layout)
-        return self.summary_bytes + sum(t.numel() * t.element_size() for t in parts if t is not None)
+        layout = 0 if self.layout is None else self.layout.numel() * self.layout.element_size()
+        return self.summary_bytes + self.tokens * self.row_bytes + layout
 
 
 class Recalled(NamedTuple):
@@ -135,29 +138,67 @@ class FrameMemory:
     """Compressed frames in time order, with their retrieval keys."""
 
     def __init__(self, settings: MemorySettings, device: torch.device | str = "cpu"):
-        self.settings = settings
+        self._settings = settings
         self.device = torch.device(device)
         self.frames: deque[StoredFrame] = deque()
-        self._keys = _Rows()  # [frames, layers, kv_heads, head_dim] float16 retrieval keys, in step with frames
-        self.nbytes = 0
+        # Every frame's keys and values, token-major [tokens, layers, kv_heads, ...]: keys'
+        # (data, scale, low) then values'.
+        self._ring = Ring(self._placement)
+        # match: mean: [frames, layers, kv_heads, head_dim] float16 retrieval keys, in step with frames
+        self._keys = _Rows()
+        self._dtype = settings.dtype  # of every frame in the ring
+        self.nbytes = 0  # what the frames take (budgeted), not the ring's idle rows
         self.dropped = 0  # frames dropped because the store was full
 
     def __len__(self) -> int:
         return len(self.frames)
 
+    @property
+    def reserved_bytes(self) -> int:
+        """What the store holds allocated: the ring (used or not) and the retrieval keys."""
+        keys = 0 if self._keys.data is None else self._keys.data.numel() * self._keys.data.element_size()
+        return self._ring.nbytes + keys + sum(f.nbytes - f.summary_bytes - f.tokens * f.row_bytes
+                                              for f in self.frames)
+
+    @property
+    def settings(self) -> MemorySettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: MemorySettings) -> None:
+        """New limits apply at the next `enforce_budget`, compression to new frames; a new
+        dtype re-stores every frame in it."""
+        before, self._settings = self._settings, settings
+        if settings.dtype != self._dtype:
+            self._restore()
+        if settings.match != before.match:
+            self._rebuild_retrieval_keys()
+
     def clear(self) -> None:
         self.frames.clear()
+        self._ring.clear()
         self._keys.clear()
         self.nbytes = 0
 
     @property
-    def retrieval_keys(self) -> torch.Tensor:
-        """[frames, layers, kv_heads, head_dim] each stored frame's mean key (float16)."""
-        return self._keys.view()
+    def retrieval_keys(self) -> torch.Tensor | None:
+        """[frames, layers, kv_heads, head_dim] each stored frame's mean key (float16; match:
+        mean only, else None)."""
+        return None if self._keys.data is None else self._keys.view()
 
     @property
     def stamps(self) -> list[int]:
         return [f.stamp_ns for f in self.frames]
+
+    def stored(self, index: int) -> tuple[Stored, Stored]:
+        """Frame `index`'s keys and values as stored, [layers, kv_heads, n, ...] views."""
+        parts = [None if t is None else t.movedim(0, 2) for t in self._ring.run(index)]
+        return Stored(*parts[:3]), Stored(*parts[3:])
+
+    def read(self, index: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame `index`'s keys and values [layers, kv_heads, n, head_dim], float32 on `device`."""
+        keys, values = self.stored(index)
+        return keys.dequantize(device), values.dequantize(device)
 
     def add(self, keys: torch.Tensor, values: torch.Tensor, importance: torch.Tensor, stamp_ns: int,
             layout: torch.Tensor | None = None) -> None:
@@ -165,53 +206,102 @@ class FrameMemory:
         attention its tokens received [n], and its tokens' position rule [n, 4] (M-RoPE; kept
         tokens keep their grid positions); tokens marked +inf in `importance` (the frame's
         text: leading time marker, trailing delimiter) are always kept."""
-        summary = keys.float().mean(dim=2)
+        summary = keys.float().mean(dim=2) if self._settings.match == "mean" else None
         text = torch.isposinf(importance)
         always = int(text.sum())
         header = int(text.int().cumprod(0).sum())  # the leading run; the rest of the text trails
-        keep = always + max(1, math.ceil(self.settings.keep_ratio * (keys.shape[2] - always)))
+        keep = always + max(1, math.ceil(self._settings.keep_ratio * (keys.shape[2] - always)))
         if keep < keys.shape[2]:
             index = torch.topk(importance.float(), keep).indices.sort().values.to(keys.device)
             keys, values = keys.index_select(2, index), values.index_select(2, index)
             layout = None if layout is None else layout.index_select(0, index.to(layout.device))
-        place = self._placement()
-        summary = summary.to(place, torch.float16)
-        frame = StoredFrame(stamp_ns, *_pack(keys, values, self.settings.dtype, place),
-                            summary_bytes=summary.numel() * summary.element_size(), header=header,
-                            footer=always - header, layout=None if layout is None else layout.to("cpu", copy=True))
-        if self._keys.data is not None and self._keys.data.device != place:
+        rows = (*store(keys.movedim(2, 0), self._dtype), *store(values.movedim(2, 0), self._dtype))
+        tokens = int(keys.shape[2])
+        frame = StoredFrame(stamp_ns, tokens, sum(t[0].numel() * t.element_size() for t in rows if t is not None),
+                            header=header, footer=always - header,
+                            layout=None if layout is None else layout.to("cpu", copy=True))
+        if not self._append(rows, frame):
+            return
+        if summary is not None:
+            self._add_retrieval_key(frame, summary.to(self._ring.parts[0].device, torch.float16))
+        self.enforce_budget()
+
+    def _append(self, rows: tuple, frame: StoredFrame) -> bool:
+        s = self._settings
+        limit = s.max_bytes // frame.row_bytes if s.max_bytes else None  # ring rows the byte budget allows
+        while not self._ring.append(rows, limit):
+            if not self.frames:  # one frame larger than the whole store
+                self.dropped += 1
+                return False
+            self._drop_oldest()
+        self.frames.append(frame)
+        self.nbytes += frame.nbytes
+        return True
+
+    def _drop_oldest(self) -> None:
+        frame = self.frames.popleft()
+        self._ring.popleft()
+        self.nbytes -= frame.nbytes
+        if frame.summary_bytes:
+            self._keys.popleft()
+        self.dropped += 1
+
+    def _restore(self) -> None:
+        # Every frame again in the new dtype (int8 -> int4 rounds twice; float -> int once).
+        old = [(self.read(i, "cpu"), frame) for i, frame in enumerate(self.frames)]
+        self._dtype = self._settings.dtype
+        self._ring.clear()
+        self.frames.clear()
+        self.nbytes = sum(frame.summary_bytes for _, frame in old)
+        for (keys, values), frame in old:
+            rows = (*store(keys.movedim(2, 0), self._dtype), *store(values.movedim(2, 0), self._dtype))
+            frame.row_bytes = sum(t[0].numel() * t.element_size() for t in rows if t is not None)
+            self.nbytes -= frame.summary_bytes
+            self._append(rows, frame)
+        self.enforce_budget()
+
+    def _rebuild_retrieval_keys(self) -> None:
+        # Only `mean` reads them; frames stored under `tokens` have none, and get the mean of
+        # what they kept (the whole frame's mean is gone with the tokens compression dropped).
+        self._keys.clear()
+        for index, frame in enumerate(self.frames):
+            self.nbytes -= frame.summary_bytes
+            frame.summary_bytes = 0
+            if self._settings.match == "mean":
+                keys, _ = self.stored(index)
+                summary = keys.dequantize(keys.data.device).mean(dim=2).to(torch.float16)
+                self._add_retrieval_key(frame, summary)
+
+    def _add_retrieval_key(self, frame: StoredFrame, summary: torch.Tensor) -> None:
+        if self._keys.data is not None and self._keys.data.device != summary.device:
             # The store moved between accelerator and host: keep every key on one device.
-            moved, self._keys = self._keys.view().to(place), _Rows()
+            moved, self._keys = self._keys.view().to(summary.device), _Rows()
             for row in moved:
                 self._keys.append(row)
         self._keys.append(summary)
-        self.frames.append(frame)
-        self.nbytes += frame.nbytes
-        self.enforce_budget()
+        frame.summary_bytes = summary.numel() * summary.element_size()
+        self.nbytes += frame.summary_bytes
 
-    def _placement(self) -> torch.device:
-        # On the accelerator while it has room to spare, else in host memory (pinned where
-        # CUDA exists, so that loading it back for an answer is one fast copy).
+    def _placement(self, nbytes: int) -> torch.device:
+        # On the accelerator while it has room to spare after `nbytes`, else in host memory.
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
-            if free > max(2**30, total // 10):
+            if free - nbytes > max(2**30, total // 10):
                 return self.device
         return torch.device("cpu")
 
     def enforce_budget(self) -> None:
-        s = self.settings
+        s = self._settings
         while self.frames and ((s.max_frames and len(self.frames) > s.max_frames)
                                or (s.max_bytes and self.nbytes > s.max_bytes)):
-            self.nbytes -= self.frames.popleft().nbytes
-            self._keys.popleft()
-            self.dropped += 1
+            self._drop_oldest()
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
         """queries [layers, T, q_heads, head_dim] (a question's queries before RoPE) ->
         [frames] cosine of their mean against each frame's mean key, averaged over layers."""
         if not self.frames:
             return torch.zeros(0)
-        if self.settings.match == "tokens":
+        if self._settings.match == "tokens":
             return self._token_scores(queries)
         queries = queries.mean(dim=1)
         keys = self.retrieval_keys.to(queries.device, torch.float32)  # [F, L, Hkv, d]
@@ -230,11 +320,12 @@ class FrameMemory:
         away from content (needle frame in the top 16 of 888: 9 of 12 with them, 11 without)."""
         layers, steps, q_heads, dim = queries.shape
         device = queries.device
-        counts = torch.tensor([f.tokens - f.header - f.footer for f in self.frames], device=device)
-        owner = torch.repeat_interleave(torch.arange(len(self.frames), device=device), counts)  # [N] frame of each key
+        rows, owner = self._content_rows()
+        rows, owner = rows.to(self._ring.parts[0].device), owner.to(device)
         total = torch.zeros(len(self.frames), device=device)
         for layer in range(layers):  # one layer's logits at a time bounds the working memory
-            keys = torch.cat([_content_keys(f, layer, device) for f in self.frames], dim=1)  # [Hkv, N, d]
+            parts = [None if t is None else t[:, layer].index_select(0, rows) for t in self._ring.parts[:3]]
+            keys = Stored(*parts).dequantize(device).transpose(0, 1)  # [Hkv, N, d]
             kv_heads = keys.shape[0]
             q = queries[layer].float().reshape(steps, kv_heads, q_heads // kv_heads, dim)
             q = q.permute(1, 0, 2, 3).reshape(kv_heads, -1, dim)  # [Hkv, T * group, d]
@@ -242,52 +333,30 @@ class FrameMemory:
             total.index_add_(0, owner, attention.sum(dim=(0, 1)))
         return total
 
+    def _content_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ring rows of every frame's content tokens (its text left out), in frame order,
+        and the frame each belongs to."""
+        starts = torch.tensor([first + f.header for (first, _), f in zip(self._ring.runs, self.frames)])
+        counts = torch.tensor([f.tokens - f.header - f.footer for f in self.frames])
+        owner = torch.repeat_interleave(torch.arange(len(self.frames)), counts)
+        offsets = torch.arange(len(owner)) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        return starts[owner] + offsets, owner
+
     def retrieve(self, queries: torch.Tensor, max_tokens: int, device: torch.device, dtype: torch.dtype
                  ) -> list[Recalled]:
         """The best `top_k` frames for these queries that fit in `max_tokens`, in time order,
         with keys and values on `device` in `dtype`."""
         chosen, tokens = [], 0
         for index in torch.argsort(self.scores(queries), descending=True, stable=True).tolist():
-            if len(chosen) == self.settings.top_k:
+            if len(chosen) == self._settings.top_k:
                 break
             frame = self.frames[index]
             if tokens + frame.tokens <= max_tokens:
                 chosen.append(index)
                 tokens += frame.tokens
-        return [_unpack(self.frames[i], device, dtype) for i in sorted(chosen)]
-
-
-def _pack(keys: torch.Tensor, values: torch.Tensor, dtype: str, device: torch.device):
-    pin = device.type == "cpu" and torch.cuda.is_available()
-    if dtype == "int8":
-        (k, ks), (v, vs) = _quantize(keys), _quantize(values)
-        parts = (k, v, ks, vs)
-    else:
-        target = getattr(torch, dtype)  # a copy even when the dtype matches: the inputs are cache views
-        parts = (keys.to(target, copy=True), values.to(target, copy=True), None, None)
-    moved = [None if t is None else t.to(device) for t in parts]
-    return [t.pin_memory() if pin and t is not None else t for t in moved]
-
-
-def _quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 with one scale per token and head (absmax / 127)."""
-    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-8) / 127
-    return torch.round(x.float() / scale).to(torch.int8), scale.to(torch.float16)
-
-
-def _content_keys(frame: StoredFrame, layer: int, device: torch.device) -> torch.Tensor:
-    """One layer's stored keys without the frame's text [kv_heads, n - header - footer, head_dim],
-    as float32 on `device` (the text is cut before it is moved or dequantized)."""
-    content = slice(frame.header, frame.tokens - frame.footer)
-    keys = frame.keys[layer, :, content].to(device).float()
-    if frame.key_scale is None:
-        return keys
-    return keys * frame.key_scale[layer, :, content].to(device).float()
-
-
-def _unpack(frame: StoredFrame, device: torch.device, dtype: torch.dtype):
-    keys, values = frame.keys.to(device, non_blocking=True), frame.values.to(device, non_blocking=True)
-    if frame.key_scale is not None:
-        keys = keys.float() * frame.key_scale.to(device).float()
-        values = values.float() * frame.value_scale.to(device).float()
-    return Recalled(keys.to(dtype), values.to(dtype), frame.stamp_ns, frame.layout)
+        recalled = []
+        for index in sorted(chosen):
+            keys, values = self.read(index, device)
+            frame = self.frames[index]
+            recalled.append(Recalled(keys.to(dtype), values.to(dtype), frame.stamp_ns, frame.layout))
+        return recalled

@@ -20,8 +20,9 @@ Modes:
   older than `refresh_s`, a few cells per frame, so the LLM's window always holds a recent
   view of the whole frame (and an LLM restarted mid-stream has it back within refresh_s).
   The anchor's age is bounded by refresh_s, so it stays meaningful however long the stream.
-  A frame sends between `min_tokens` and `max_tokens`: almost nothing when nothing changed,
-  everything that changed (up to the ceiling) when something appears.
+  A frame sends between `min_tokens` and `keep_tokens`, the budget `stc` always spends:
+  almost nothing when nothing changed, everything that changed when something appears,
+  never more than stc would send (issue: a static camera must not cost more than STC).
 - `off`: every token.
 """
 
@@ -48,10 +49,10 @@ class PruneSettings:
     # novelty tried, under the 0.97 a default must keep.
     mode: str = setting("stc", "drop redundant visual tokens before the LLM: adaptive (ours), stc "
                         "(STC-Pruner) or off", choices=MODES)
-    keep_tokens: int = setting(98, "stc mode: tokens kept per frame (half of LLaVA-OneVision's 196, the share "
-                               "measured; STC's paper keeps 60)", range=(1, 1 << 20))
+    keep_tokens: int = setting(98, "tokens a frame sends: stc always this many, adaptive at most this many (half "
+                               "of LLaVA-OneVision's 196, the share measured; STC's paper keeps 60)",
+                               range=(1, 1 << 20))
     min_tokens: int = setting(4, "adaptive mode: fewest tokens a frame sends", range=(1, 1 << 20))
-    max_tokens: int = setting(98, "adaptive mode: most tokens a frame sends", range=(1, 1 << 20))
     novelty: float = setting(0.02, "adaptive mode: a token is sent when it moved this far (cosine distance) from "
                              "the last one sent from its grid cell", range=(0.0, 2.0))
     refresh_s: float = setting(12.0, "adaptive mode: every grid cell is sent again at least this often, so the "
@@ -60,8 +61,8 @@ class PruneSettings:
 
     def __post_init__(self):
         check(self)
-        if self.max_tokens < self.min_tokens:
-            raise ValueError(f"prune min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        if self.keep_tokens < self.min_tokens:
+            raise ValueError(f"prune min_tokens ({self.min_tokens}) must not exceed keep_tokens ({self.keep_tokens})")
 
 
 @dataclass
@@ -128,7 +129,7 @@ class TokenPruner:
         changed = ~seen | (moved > s.novelty)
         rank = torch.where(seen, moved, 2.0 + distinct)
 
-        ceiling = min(s.max_tokens, count)
+        ceiling = min(s.keep_tokens, count)
         keep = _descending(rank, changed)[:ceiling]
         # Refresh: cells whose copy in the LLM is older than refresh_s, oldest first,
         # as many per frame as keeps every copy younger than about refresh_s in steady state.
