@@ -45,6 +45,9 @@ def test_decode_compares_with_transformers_generate():
     assert out["context"] == 64 and out["tokens"] == 6
     assert out["ms_per_token"] > 0 and out["hf_ms_per_token"] > 0
     assert math.isclose(out["ratio"], out["hf_ms_per_token"] / out["ms_per_token"], rel_tol=0.01)
+    # the roofline: bytes a step reads over its time, and the device's own copy rate to compare with
+    assert out["bytes_per_token"] > 0 and out["copy_gbps"] > 0 and out["device"] == "cpu"
+    assert math.isclose(out["gbps"]["ours"], out["bytes_per_token"] / out["ms_per_token"] / 1e6, rel_tol=0.01)
 
 
 def _moving_square_video(path, frames: int = 8):

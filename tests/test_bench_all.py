@@ -110,7 +110,12 @@ def test_the_plan_covers_every_bench_and_doubles_device_steps_on_a_gpu():
     assert len({s.name for s in cpu}) == len(cpu)
     both = suite.plan(quick=True, devices=["cpu", "cuda"], with_qa=False)
     on_gpu = [s for s in both if "cuda" in s.argv]
-    assert {s.bench for s in on_gpu} == {"vision", "e2e"} and "qa" not in {s.bench for s in both}
+    assert {s.bench for s in on_gpu} == {"vision", "e2e", "decode"} and "qa" not in {s.bench for s in both}
+    assert all("bfloat16" in s.argv for s in on_gpu if s.bench != "vision")  # what an edge GPU runs
+    assert suite._devices("cpu") == ["cpu"]
+    if not __import__("torch").cuda.is_available():  # asked for a GPU that is not there: said, not skipped
+        with pytest.raises(SystemExit, match="no CUDA"):
+            suite._devices("cuda")
     assert len(suite.plan(quick=False, devices=["cpu"], with_qa=False)) > len(cpu) - 1
 
 

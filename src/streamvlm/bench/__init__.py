@@ -53,6 +53,8 @@ def _decode(p) -> None:
     p.add_argument("--context", type=int, default=512, help="prompt tokens before decoding")
     p.add_argument("--tokens", type=int, default=64, help="tokens decoded per run")
     p.add_argument("--repeats", type=int, default=5, help="runs of each, interleaved; medians reported")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (auto: CUDA where present)")
 
 
 def _vision(p) -> None:
@@ -203,6 +205,8 @@ def add_parser(commands) -> None:
     every = benches.add_parser("all", help=text, description=text)
     every.add_argument("--out", type=Path, required=True, metavar="DIR")
     every.add_argument("--quick", action="store_true", help="small settings: under 15 minutes on 2 CPU cores")
+    every.add_argument("--device", default="auto", help="auto: the CPU, and the GPU where torch sees one; cpu; cuda "
+                                                        "(or cuda:N): the CPU and that GPU, an error without one")
     every.add_argument("--only", nargs="+", metavar="STEP", help="run only the steps whose names start so")
     every.add_argument("--readme", type=Path, metavar="README.md", help="also rewrite its Performance section")
     every.set_defaults(run=lambda args: importlib.import_module("streamvlm.bench.suite").run(args))

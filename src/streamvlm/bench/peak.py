@@ -16,14 +16,15 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-# GPU name fragment -> (fp32 TFLOP/s, bf16/fp16 dense tensor TFLOP/s, datasheet)
+# GPU name fragment -> (fp32 TFLOP/s, bf16/fp16 dense tensor TFLOP/s, memory GB/s, datasheet)
 GPUS = {
-    "H200": (67.0, 989.5, "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
-    "H100 PCIe": (51.2, 756.0, "NVIDIA H100 Tensor Core GPU datasheet (PCIe)"),
-    "H100": (67.0, 989.5, "NVIDIA H100 Tensor Core GPU datasheet (SXM)"),
-    "A100": (19.5, 312.0, "NVIDIA A100 Tensor Core GPU datasheet"),
-    "L4": (30.3, 121.0, "NVIDIA L4 Tensor Core GPU datasheet"),
-    "RTX 4090": (82.6, 165.2, "NVIDIA Ada GPU architecture whitepaper (RTX 4090)"),
+    "H200": (67.0, 989.5, 4800.0, "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+    "H100 PCIe": (51.2, 756.0, 2000.0, "NVIDIA H100 Tensor Core GPU datasheet (PCIe)"),
+    "H100": (67.0, 989.5, 3350.0, "NVIDIA H100 Tensor Core GPU datasheet (SXM)"),
+    "A100-SXM4-80GB": (19.5, 312.0, 2039.0, "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)"),
+    "A100": (19.5, 312.0, 1555.0, "NVIDIA A100 Tensor Core GPU datasheet (40GB)"),
+    "L4": (30.3, 121.0, 300.0, "NVIDIA L4 Tensor Core GPU datasheet"),
+    "RTX 4090": (82.6, 165.2, 1008.0, "NVIDIA Ada GPU architecture whitepaper (RTX 4090)"),
 }
 
 
@@ -33,7 +34,7 @@ def peak(device: str, dtype: str, threads: int) -> dict:
         import torch
 
         name = torch.cuda.get_device_name(device)
-        for fragment, (fp32, half, source) in GPUS.items():
+        for fragment, (fp32, half, _, source) in GPUS.items():
             if fragment in name:
                 return {"gflops": (fp32 if dtype == "float32" else half) * 1e3, "source": f"{source}; {name}"}
         return {"gflops": None, "source": f"{name}: not in the table"}
@@ -46,6 +47,37 @@ def peak(device: str, dtype: str, threads: int) -> dict:
         core += f"; {dtype} counted at the fp32 rate"
     return {"gflops": round(threads * ghz * per_cycle, 1),
             "source": f"{threads} threads x {ghz:.2f} GHz x {per_cycle} fp32 FLOP/cycle ({core})"}
+
+
+def bandwidth(device: str, megabytes: int = 256, repeats: int = 5) -> dict:
+    """{"copy_gbps": measured, "datasheet_gbps": float | None, "bandwidth_source": str}: the
+    memory rate of `device`, measured as a large tensor copied (bytes read + written over the
+    median time), and the datasheet's where the GPU is in the table."""
+    import time
+
+    import torch
+
+    source = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(repeats + 1):  # the first copy warms up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        target.copy_(source)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    copy = 2 * source.numel() / sorted(times[1:])[repeats // 2] / 1e9
+    sheet, label = None, "measured copy only"
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+        label = f"{name}: not in the table"
+        for fragment, (*_, gbps, sheet_source) in GPUS.items():
+            if fragment in name:
+                sheet, label = gbps, f"{sheet_source}; {name}"
+                break
+    return {"copy_gbps": round(copy, 1), "datasheet_gbps": sheet, "bandwidth_source": label}
 
 
 def _cpu_info() -> dict[str, str]:

@@ -121,10 +121,17 @@ def report(results: dict, plots: list[str]) -> str:
                           r["recompute_ratio"], None, w["context_tokens_end"]]])
         lines += ["", f"- Late over early frames of one stream, interleaved: budgeted {r['latency_ratio']}, "
                       f"full attention {r['baseline_latency_ratio']}.", ""]
-    for _, r in _steps(results, "decode"):
-        lines += ["## Decode: this engine vs transformers generate", ""]
-        lines += _table(["model", "context", "ms/token (ours)", "ms/token (HF)", "HF / ours"],
-                        [[r["model"], r["context"], r["ms_per_token"], r["hf_ms_per_token"], r["ratio"]]]) + [""]
+    decodes = _steps(results, "decode")
+    if decodes:
+        lines += ["## Decode: this engine vs transformers generate", "",
+                  "Memory rate: the bytes a step reads (weights once, the context's KV) over its time, against "
+                  "the device's measured copy rate and, for a known GPU, its datasheet bandwidth.", ""]
+        lines += _table(["model", "device", "dtype", "context", "ms/token (ours)", "ms/token (HF)", "HF / ours",
+                         "GB/s ours", "GB/s HF", "copy GB/s", "datasheet GB/s"],
+                        [[r["model"], r.get("device", "cpu"), r.get("dtype", "float32"), r["context"],
+                          r["ms_per_token"], r["hf_ms_per_token"], r["ratio"], r.get("gbps", {}).get("ours"),
+                          r.get("gbps", {}).get("transformers"), r.get("copy_gbps"), r.get("datasheet_gbps")]
+                         for _, r in decodes]) + [""]
     for _, r in _steps(results, "answer"):
         t = r["ttft_ms"]
         lines += ["## Answer after a long stream: offline re-prefill vs full cache vs budgeted cache + memory", "",
@@ -184,7 +191,7 @@ def summary(results: dict, out: Path, plots: list[str]) -> str:
                      f"{r['recompute_ratio']}x the budgeted cache's time; budgeted memory growth {r['memory_growth']}.")
     for _, r in _steps(results, "decode"):
         lines.append(f"- Decode: {r['ms_per_token']} ms/token vs transformers generate {r['hf_ms_per_token']} "
-                     f"({r['model']}).")
+                     f"({r['model']}, {r.get('device', 'cpu')}, {r.get('dtype', 'float32')}).")
     for _, r in _steps(results, "answer"):
         lines.append(f"- Answer after {r['frames']} frames: {r['speedup_vs_reprefill']}x faster to the first token "
                      f"than offline re-prefill; {r['capacity_ratio']}x the frames held in the same memory.")

@@ -50,27 +50,33 @@ def plan(quick: bool, devices: list[str], with_qa: bool) -> list[Step]:
         Step("prune", "prune", ("--video", SAMPLE_BAG, "--frames", "20" if quick else "60",
                                 "--synth-frames", "60" if quick else "120")),
         Step("kv", "kv", ("--frames", "300", "--recompute-frames", "60") if quick else ("--frames", "3000",)),
-        Step("decode", "decode", ("--context", "256", "--tokens", "24", "--repeats", "3") if quick else ()),
         Step("answer", "answer", ("--frames", "128", "--capacity-limit", "5000") if quick else ()),
     ]
+    for device in devices:  # on a GPU in bf16, the dtype an edge GPU runs
+        half = ("--dtype", "bfloat16") if device != "cpu" else ()
+        steps.append(Step(f"decode {device}", "decode", ("--device", device, *half,
+                                                         *(("--context", "256", "--tokens", "24", "--repeats", "3")
+                                                           if quick else ()))))
     if with_qa:
         steps.append(Step("qa", "qa", ("--streams", "1", "--minutes", "1", "--short-minutes", "1", "--every", "4")
                           if quick else ("--streams", "1", "--minutes", "12", "--short-minutes", "2", "--every", "3")))
     for device in devices:
-        steps.append(Step(f"e2e {device}", "e2e", ("--frames", "12", "--device", device) if quick
-                          else ("--fps", "2", "--frames", "36", "--device", device)))
+        half = ("--dtype", "bfloat16") if device != "cpu" else ()
+        steps.append(Step(f"e2e {device}", "e2e", ("--frames", "12", "--device", device, *half) if quick
+                          else ("--fps", "2", "--frames", "36", "--device", device, *half)))
     return steps
 
 
 def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    devices = ["cpu"] + (["cuda"] if pick_device("auto") == "cuda" else [])
+    devices = _devices(args.device)
     steps = plan(args.quick, devices, _qa_available())
     if args.only:
         steps = [s for s in steps if any(s.name.startswith(prefix) for prefix in args.only)]
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "command": "streamvlm bench all" + (" --quick" if args.quick else "") + f" --out {args.out}",
+               "command": "streamvlm bench all" + (" --quick" if args.quick else "")
+                          + (f" --device {args.device}" if args.device != "auto" else "") + f" --out {args.out}",
                "machine": machine(), "quick": args.quick, "steps": {}}
     started = time.perf_counter()
     for i, step in enumerate(steps, 1):
@@ -87,6 +93,21 @@ def run(args) -> int:
     write_report(results, out, readme=args.readme)
     _say(f"wrote {out / 'report.md'}, {out / 'results.json'} and the plots in {results['seconds']:.0f} s")
     return 0 if all("result" in r for r in results["steps"].values()) else 1
+
+
+def _devices(wanted: str) -> list[str]:
+    """The CPU always (the baseline every figure is compared with), and the GPU where asked
+    for (`cuda`, `cuda:N`) or present (`auto`)."""
+    if wanted == "cpu":
+        return ["cpu"]
+    if wanted == "auto":
+        return ["cpu"] + (["cuda"] if pick_device("auto") == "cuda" else [])
+    import torch
+
+    if not wanted.startswith("cuda") or not torch.cuda.is_available():
+        raise SystemExit(f"bench all --device {wanted}: torch sees no CUDA device here "
+                         f"(torch {torch.__version__}); use --device cpu or auto")
+    return ["cpu", wanted]
 
 
 def run_step(step: Step) -> dict:
