@@ -198,3 +198,14 @@ def test_a_sweep_runs_its_base_mode_once_per_value():
     with pytest.raises(ValueError, match="keep_ratio"):
         _plan(argparse.Namespace(modes=None, sweep=["language.memory.keep_ratio=0"], sweep_base="memory_retrieval"),
               PipelineConfig())
+    # Settings joined by & change together: every combination of their values is a mode.
+    args = argparse.Namespace(modes=None, sweep=["memory_retrieval:language.memory.keep_ratio=0.1,0.25"
+                                                 "&language.memory.dtype=int4"], sweep_base="reference")
+    plan = _plan(args, PipelineConfig())
+    assert list(plan) == ["memory_retrieval:language.memory.keep_ratio=0.1&language.memory.dtype=int4",
+                          "memory_retrieval:language.memory.keep_ratio=0.25&language.memory.dtype=int4"]
+    both = plan["memory_retrieval:language.memory.keep_ratio=0.1&language.memory.dtype=int4"][0].language.memory
+    assert (both.keep_ratio, both.dtype) == (0.1, "int4")
+    with pytest.raises(ValueError, match="wants"):
+        _plan(argparse.Namespace(modes=None, sweep=["language.memory.dtype=int4&top_k"], sweep_base="reference"),
+              PipelineConfig())

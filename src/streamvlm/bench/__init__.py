@@ -128,9 +128,10 @@ def _qa(p) -> None:
     p.add_argument("--model", default="eval", help="vision-language model (default: the evaluation model)")
     p.add_argument("--config", type=Path, default=Path("config/eval.yaml"), help="settings every mode starts from")
     p.add_argument("--modes", nargs="+", metavar="MODE", help="run only these modes")
-    p.add_argument("--sweep", action="append", metavar="[MODE:]NAME=V1,V2",
+    p.add_argument("--sweep", action="append", metavar="[MODE:]NAME=V1,V2[&NAME=V]",
                    help="also run MODE (default --sweep-base) once per value of this setting (repeatable), e.g. "
-                        "prune_adaptive:vision.prune.novelty=0.01,0.05; with --sweep, --modes defaults to none")
+                        "prune_adaptive:vision.prune.novelty=0.01,0.05; settings joined by & change together; with --sweep, "
+                        "--modes defaults to none")
     p.add_argument("--sweep-base", default="reference", metavar="MODE",
                    help="the mode each swept value changes (e.g. delta_threshold, memory_retrieval)")
     p.add_argument("--examples", type=int, default=3, help="answers shown per mode in the JSON")

@@ -20,6 +20,7 @@ and only the bounded-memory modes get that far.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -97,23 +98,27 @@ def _plan(args, base: PipelineConfig) -> dict[str, tuple[PipelineConfig, bool]]:
     """The modes to run: the named ones, then each `--sweep [MODE:]NAME=V1,V2` value as a mode
     of its own, MODE (default `--sweep-base`) with that one setting changed, named `NAME=V`
     (`MODE:NAME=V` when MODE is given), so one run can sweep settings of several modes
-    against one reference."""
+    against one reference. Settings joined by `&` change together, every combination of
+    their values a mode (`MODE:A=1,2&B=x`: A=1&B=x and A=2&B=x)."""
     named = args.modes or ([] if args.sweep else list(MODES))
     sweeps = []
     for text in args.sweep or []:
-        setting, sep, values = text.partition("=")
-        if not sep or not values:
-            raise ValueError(f"--sweep wants [MODE:]NAME=V1,V2,...; got {text!r}")
-        mode, colon, name = setting.rpartition(":")
-        sweeps.append((mode or args.sweep_base, name, values.split(","), f"{mode}:" if colon else ""))
+        mode, colon, rest = text.partition(":") if "=" not in text.partition(":")[0] else ("", "", text)
+        parts = []
+        for part in rest.split("&"):
+            name, sep, values = part.partition("=")
+            if not sep or not values or not name:
+                raise ValueError(f"--sweep wants [MODE:]NAME=V1,V2[&NAME=V...]; got {text!r}")
+            parts.append([(name, value) for value in values.split(",")])
+        sweeps.append((mode or args.sweep_base, list(itertools.product(*parts)), f"{mode}:" if colon else ""))
     unknown = sorted(set(named + [mode for mode, *_ in sweeps]) - set(MODES))
     if unknown:
         raise ValueError(f"unknown modes {unknown}; known: {list(MODES)}")
     plan = {mode: (base.replace(**MODES[mode]), mode in LONG_RANGE_MODES) for mode in named}
-    for mode, name, values, prefix in sweeps:
-        for value in values:
-            cfg = from_flat({name: yaml.safe_load(value)}, base.replace(**MODES[mode]))
-            plan[f"{prefix}{name}={value}"] = (cfg, mode in LONG_RANGE_MODES)
+    for mode, combinations, prefix in sweeps:
+        for settings in combinations:
+            cfg = from_flat({name: yaml.safe_load(value) for name, value in settings}, base.replace(**MODES[mode]))
+            plan[prefix + "&".join(f"{name}={value}" for name, value in settings)] = (cfg, mode in LONG_RANGE_MODES)
     return plan
 
 
