@@ -357,3 +357,13 @@ def test_a_new_store_dtype_applies_to_the_frames_already_held():
     keys, values = memory.read(3, "cpu")
     assert (keys - frames[3][0]).abs().max() < 0.5 and (values - frames[3][1]).abs().max() < 0.5
     assert memory.stamps == [(i + 1) * S for i in range(5)]
+
+
+def test_a_new_dtype_keeps_each_frames_retrieval_key():
+    memory = _memory(match="mean")
+    frames = [_frame(i, tokens=6) for i in range(4)]
+    for i, (k, v) in enumerate(frames):
+        memory.add(k, v, torch.ones(6), (i + 1) * S)
+    before = memory.retrieval_keys.clone()
+    memory.settings = MemorySettings(keep_ratio=1.0, dtype="int8", top_k=3, match="mean")
+    assert torch.equal(memory.retrieval_keys, before) and memory.nbytes == sum(f.nbytes for f in memory.frames)

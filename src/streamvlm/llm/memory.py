@@ -247,17 +247,22 @@ class FrameMemory:
         self.dropped += 1
 
     def _restore(self) -> None:
-        # Every frame again in the new dtype (int8 -> int4 rounds twice; float -> int once).
-        old = [(self.read(i, "cpu"), frame) for i, frame in enumerate(self.frames)]
+        # Every frame again in the new dtype (int8 -> int4 rounds twice; float -> int once),
+        # with the retrieval key it had; a frame that no longer fits leaves with its key.
+        summaries = None if self._keys.data is None else self._keys.view().clone()  # in step with frames
+        old = [(self.read(i, "cpu"), frame, None if summaries is None else summaries[i])
+               for i, frame in enumerate(self.frames)]
         self._dtype = self._settings.dtype
         self._ring.clear()
+        self._keys.clear()
         self.frames.clear()
-        self.nbytes = sum(frame.summary_bytes for _, frame in old)
-        for (keys, values), frame in old:
+        self.nbytes = 0
+        for (keys, values), frame, summary in old:
             rows = (*store(keys.movedim(2, 0), self._dtype), *store(values.movedim(2, 0), self._dtype))
             frame.row_bytes = sum(t[0].numel() * t.element_size() for t in rows if t is not None)
-            self.nbytes -= frame.summary_bytes
-            self._append(rows, frame)
+            frame.summary_bytes = 0
+            if self._append(rows, frame) and summary is not None:
+                self._add_retrieval_key(frame, summary)
         self.enforce_budget()
 
     def _rebuild_retrieval_keys(self) -> None:

@@ -41,7 +41,10 @@ class Stored(NamedTuple):
 
     def dequantize(self, device: torch.device | str) -> torch.Tensor:
         """Float32 on `device` (the parts are moved first, still compact)."""
-        data = self.data.to(device, non_blocking=True)
+        device = torch.device(device)
+        # Without waiting only towards an accelerator (its stream orders the copy before use);
+        # towards the host a copy must be complete before the CPU reads it.
+        data = self.data.to(device, non_blocking=device.type == "cuda")
         if self.scale is None:
             return data.float()
         scale = self.scale.to(device).float()

@@ -67,7 +67,7 @@ class Ring:
                 return False
         for part, new in zip(self.parts, rows):
             if part is not None:
-                part[first:first + count] = new.to(part.device, non_blocking=True)
+                part[first:first + count] = new  # copy_ waits where it must (towards the host)
         self.runs.append((first, count))
         return True
 
