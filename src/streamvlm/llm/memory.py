@@ -58,7 +58,9 @@ class MemorySettings:
                                 "compression)", range=(0.001, 1.0))
     top_k: int = setting(16, "frames brought back from memory for each question (0: no retrieval)",
                          range=(0, 4096))
-    dtype: str = setting("int8", "how memory stores keys and values (int8: a scale per token; int4: 4-bit "
+    # Default int4 by `bench qa` (docs/performance/sweeps.md): same short-range accuracy as
+    # int8 (0.87, retained 1.02), needles 0.13 against 0.10, 1.5x the frames in the same memory.
+    dtype: str = setting("int4", "how memory stores keys and values (int8: a scale per token; int4: 4-bit "
                          "groups of 32 channels with a scale and minimum each)", choices=STORE_DTYPES)
     match: str = setting("tokens", "how a question finds frames: mean (its mean query against each frame's mean key, "
                          "ReKV) or tokens (the attention its tokens give each frame's kept keys)",
