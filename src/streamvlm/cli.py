@@ -1,6 +1,7 @@
 """The `streamvlm` command line: stream a bag or a video through the pipeline.
 
     streamvlm replay BAG [--topic T] [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
+                         [--debug-video OUT.mp4]
     streamvlm video FILE [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
     streamvlm play BAG [--topic T] [--to TOPIC] [--rate R] [--loop] [--wait S]   (needs rclpy)
     streamvlm diagnostics [--duration S] [--json]                                (needs rclpy)
@@ -117,6 +118,9 @@ def _add_stream_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--realtime", action="store_true",
                      help="pace at the recorded rate; frames that arrive while busy are dropped, as from a camera")
     sub.add_argument("--json", action="store_true", help="one JSON object per caption or answer")
+    sub.add_argument("--debug-video", type=Path, metavar="OUT.mp4",
+                     help="write each processed frame with the patches the ViT recomputed (red) and the "
+                          "tokens sent to the LLM (green) drawn on it")
 
 
 def _run_replay(args) -> int:
@@ -202,6 +206,11 @@ def _stream(args, frames) -> int:
     questions = _questions(args)
     vlm = StreamingVLM.from_config(_config(args))
     report = _Reporter(args.json, args.out)
+    debug = None
+    if args.debug_video:
+        from streamvlm.debug_view import DebugVideo
+
+        debug = DebugVideo(args.debug_video, vlm.cfg.vision.fps or 1.0)
     origin_ns = None
     late = 0
     wall_start = time.monotonic()
@@ -215,13 +224,19 @@ def _stream(args, frames) -> int:
             if args.realtime and _behind(wall_start, stream_s):
                 late += 1
                 continue
+            shown = vlm.vision.last_view
             caption = vlm.push(frame.rgb, frame.stamp_ns)
+            if debug is not None and vlm.vision.last_view is not shown:  # this frame was processed
+                debug.write(frame.rgb, vlm.vision.last_view)
             if caption is not None:
                 report.caption(caption, origin_ns)
         for question in questions:
             report.answer(vlm.ask(question.text), origin_ns or 0, question.expected)
     finally:
         report.close()
+        if debug is not None:
+            debug.close()
+            log.info("wrote %d frames to %s", debug.frames, args.debug_video)
     if frames.dropped or late or vlm.dropped_late:
         log.info("dropped frames: %d undecodable, %d behind real time, %d out of time order",
                  frames.dropped, late, vlm.dropped_late)

@@ -7,6 +7,7 @@ import torch
 
 from streamvlm.backends import make_backend
 from streamvlm.config import PipelineConfig
+from streamvlm.debug_view import FrameView
 from streamvlm.models import VisionLanguageModel, load_model
 from streamvlm.timeline import Timeline
 from streamvlm.types import TokenBatch
@@ -26,6 +27,8 @@ class VisionStage:
         self.timeline = Timeline(cfg.stream)  # applied by whoever receives the frames (worker, pipeline)
         self.frames_seen = 0
         self.frames_processed = 0
+        self.last_view: FrameView | None = None  # what the last frame's ViT and pruner did (debug_view.draw)
+        self._extent = _grid_extent(model)
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, model: VisionLanguageModel | None = None) -> "VisionStage":
@@ -93,6 +96,8 @@ class VisionStage:
             model=self.model.name,
         )
         self.frames_processed += 1
+        self.last_view = FrameView(stamp_ns, self.encoder.last.recomputed, self.model.tower.patch_grid,
+                                   selection.keep, grid, self._extent)
         return batch
 
     @torch.inference_mode()
@@ -100,6 +105,15 @@ class VisionStage:
         """Normalized pixels [1, 3, H, W] of the next frame -> all its tokens [1, N, D] (before pruning)
         and their grid (rows, cols)."""
         return self.model.project(self.encoder(pixels))
+
+
+def _grid_extent(model: VisionLanguageModel) -> float:
+    """The share of the frame's side the patch grid covers: SigLIP's 27 patches of 14 px
+    leave 6 of 384 px unseen; Qwen's and SmolVLM's grids cover their frame."""
+    conv = getattr(model.tower.embed, "patch_embedding", None)
+    if isinstance(conv, torch.nn.Conv2d):
+        return min(1.0, model.tower.patch_grid[0] * conv.kernel_size[0] / model.image_size)
+    return 1.0
 
 
 def _check_frame(frame: np.ndarray) -> None:
