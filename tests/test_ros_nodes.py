@@ -92,7 +92,13 @@ def test_malformed_compressed_images_are_counted_drops(nodes):
 
 
 def test_the_sample_bag_streams_in_and_every_question_is_answered(nodes):
+    from sensor_msgs.msg import Image
+
     probe, _ = nodes
+    # The debug picture, turned on at run time, comes at the processing rate while watched.
+    pictures = []
+    probe.node.create_subscription(Image, "debug_image", pictures.append, 10)
+    assert all(r.successful for r in probe.set_parameters("encoder_node", {"debug_image": True}))
     player = subprocess.Popen([str(BIN / "streamvlm"), "play", str(SAMPLE_BAG), "--rate", "2", "--wait", "30"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -111,12 +117,16 @@ def test_the_sample_bag_streams_in_and_every_question_is_answered(nodes):
             stamps = [t.sec + t.nanosec / 1e9 for t in response.evidence]
             assert stamps == sorted(stamps) and BAG_START_S <= stamps[0] <= stamps[-1] < BAG_START_S + 21
         wait_for(lambda: probe.captions, 120, "a caption on `captions`")
+        wait_for(lambda: pictures, 60, "a debug image on `debug_image`")
         out, _ = player.communicate(timeout=120)
         assert player.returncode == 0, out
         assert "published 200 messages" in out
     finally:
         if player.poll() is None:
             player.kill()
+    picture = pictures[0]
+    assert picture.encoding == "rgb8" and picture.step == 3 * picture.width and len(picture.data) == 3 * picture.width * picture.height
+    assert max(picture.width, picture.height) <= 960 and BAG_START_S <= picture.header.stamp.sec < BAG_START_S + 21
     caption = probe.captions[0]
     assert caption.text and caption.header.stamp.sec >= caption.start.sec >= BAG_START_S
     answered = {a.question for a in probe.answers if a.success}

@@ -12,6 +12,8 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_
 from sensor_msgs.msg import CompressedImage, Image
 from streamvlm_msgs.msg import VisionTokens
 
+from streamvlm.debug_view import FrameView, draw
+from streamvlm.image import encode_raw
 from streamvlm.models import load_shared
 from streamvlm.ros import convert
 from streamvlm.ros.diagnostics import OK, WARN, grew
@@ -27,6 +29,9 @@ CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=qo
                         durability=qos_profile_sensor_data.durability)
 # Tokens are few per second and each one matters to the LLM's context: reliable.
 TOKENS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# The debug picture: only the latest matters; reliable, so that rviz's and Foxglove's
+# subscriptions (reliable or best effort) both match it.
+DEBUG_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class EncoderNode(StageNode):
@@ -40,6 +45,7 @@ class EncoderNode(StageNode):
         self._in_process = on_batch
         self.worker: VisionWorker | None = None
         self._publisher = None
+        self._debug_publisher = None
         self._subscription = None
         self._frame_id = "camera"
 
@@ -47,6 +53,8 @@ class EncoderNode(StageNode):
         stage = VisionStage(self.cfg, load_shared(self.cfg.model))
         self.worker = VisionWorker(stage, convert.image_to_rgb, self._hand_on, self.get_logger().warning)
         self._publisher = self.create_lifecycle_publisher(VisionTokens, "vision_tokens", TOKENS_QOS)
+        self._debug_publisher = self.create_lifecycle_publisher(Image, "debug_image", DEBUG_QOS)
+        self.worker.on_view = self._publish_view
         self.get_logger().info(f"configured: model {stage.model.name}, {self.cfg.vision.fps} fps")
 
     def activate_stage(self) -> None:
@@ -66,6 +74,9 @@ class EncoderNode(StageNode):
         if self._publisher is not None:
             self.destroy_lifecycle_publisher(self._publisher)
             self._publisher = None
+        if self._debug_publisher is not None:
+            self.destroy_lifecycle_publisher(self._debug_publisher)
+            self._debug_publisher = None
         self.worker = None  # the last reference to the stage, and with it the shared model's
 
     def reconfigure(self, cfg, settings) -> None:
@@ -86,6 +97,17 @@ class EncoderNode(StageNode):
             if self._publisher.get_subscription_count() == 0:
                 return
         self._publisher.publish(convert.batch_to_msg(batch, self.settings.tokens_dtype))
+
+    def _publish_view(self, frame_rgb, view: FrameView) -> None:
+        # On the worker's thread, after the tokens went out; drawn only when asked for and watched.
+        if not self.settings.debug_image or self._debug_publisher.get_subscription_count() == 0:
+            return
+        drawn = draw(frame_rgb, view)
+        data, step = encode_raw(drawn, "rgb8")
+        msg = Image(height=drawn.shape[0], width=drawn.shape[1], encoding="rgb8", is_bigendian=0, step=step, data=data)
+        msg.header.stamp = convert.to_time(view.stamp_ns)
+        msg.header.frame_id = self._frame_id
+        self._debug_publisher.publish(msg)
 
     def figures(self) -> dict[str, Any]:
         return self.worker.status() if self.worker is not None else {}

@@ -18,6 +18,8 @@ class EncoderSettings:
                                read_only=True)
     tokens_dtype: str = setting("float32", "element type of vision_tokens on the wire (float16 halves the bytes)",
                                 choices=("float32", "float16", "bfloat16"))
+    debug_image: bool = setting(False, "publish debug_image (sensor_msgs/Image, rgb8): each processed frame with the "
+                                "patches the ViT recomputed (red) and the tokens sent to the LLM (green) drawn on it")
     autostart: bool = setting(True, _AUTOSTART, read_only=True)
     diagnostics_period_s: float = setting(1.0, _DIAGNOSTICS, range=(0.1, 60.0), read_only=True)
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Generic, TypeVar
 import numpy as np
 
 from streamvlm.config import PipelineConfig, settings_status
+from streamvlm.debug_view import FrameView
 from streamvlm.image import ImageError
 from streamvlm.metrics import RecentValues, ThrottledLog
 from streamvlm.pending import PendingChange
@@ -44,6 +45,9 @@ class VisionWorker(Generic[Item]):
         self.stage = stage
         self._decode = decode
         self._on_batch = on_batch
+        # Called with each processed frame and what the stage did with it (the debug image);
+        # None: the frame is not kept past encoding.
+        self.on_view: Callable[[np.ndarray, FrameView], None] | None = None
         self._warn = ThrottledLog(warn)
         self._slot: tuple[int, Item, float] | None = None  # stamp, frame, monotonic arrival
         self._reset_pending = False  # a new stream began: reset the stage before the next frame
@@ -183,6 +187,11 @@ class VisionWorker(Generic[Item]):
             return
         self.processed += 1
         self.ms_per_frame.add((time.perf_counter() - start) * 1e3)
+        if self.on_view is not None:
+            try:
+                self.on_view(frame, self.stage.last_view)
+            except Exception as err:  # noqa: BLE001 - a picture must not stop the tokens
+                self._warn("view", f"the debug image failed: {type(err).__name__}: {err}")
         self.tokens_per_frame.add(batch.num_tokens)
         self.novelty.add(batch.novelty)
         self.reuse_ratio.add(batch.reuse_ratio)
