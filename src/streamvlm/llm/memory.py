@@ -92,9 +92,12 @@ class StoredFrame:
     layout: torch.Tensor | None = None  # [n, 4] int32 its tokens' position rule (kv_cache), on the host
 
     @property
+    def layout_bytes(self) -> int:
+        return 0 if self.layout is None else self.layout.numel() * self.layout.element_size()
+
+    @property
     def nbytes(self) -> int:
-        layout = 0 if self.layout is None else self.layout.numel() * self.layout.element_size()
-        return self.summary_bytes + self.tokens * self.row_bytes + layout
+        return self.summary_bytes + self.tokens * self.row_bytes + self.layout_bytes
 
 
 class Recalled(NamedTuple):
@@ -159,8 +162,7 @@ class FrameMemory:
     def reserved_bytes(self) -> int:
         """What the store holds allocated: the ring (used or not) and the retrieval keys."""
         keys = 0 if self._keys.data is None else self._keys.data.numel() * self._keys.data.element_size()
-        return self._ring.nbytes + keys + sum(f.nbytes - f.summary_bytes - f.tokens * f.row_bytes
-                                              for f in self.frames)
+        return self._ring.nbytes + keys + sum(f.layout_bytes for f in self.frames)
 
     @property
     def settings(self) -> MemorySettings:
@@ -217,10 +219,8 @@ class FrameMemory:
             index = torch.topk(importance.float(), keep).indices.sort().values.to(keys.device)
             keys, values = keys.index_select(2, index), values.index_select(2, index)
             layout = None if layout is None else layout.index_select(0, index.to(layout.device))
-        rows = (*store(keys.movedim(2, 0), self._dtype), *store(values.movedim(2, 0), self._dtype))
-        tokens = int(keys.shape[2])
-        frame = StoredFrame(stamp_ns, tokens, sum(t[0].numel() * t.element_size() for t in rows if t is not None),
-                            header=header, footer=always - header,
+        rows, row_bytes = _rows(keys, values, self._dtype)
+        frame = StoredFrame(stamp_ns, int(keys.shape[2]), row_bytes, header=header, footer=always - header,
                             layout=None if layout is None else layout.to("cpu", copy=True))
         if not self._append(rows, frame):
             return
@@ -260,8 +260,7 @@ class FrameMemory:
         self.frames.clear()
         self.nbytes = 0
         for (keys, values), frame, summary in old:
-            rows = (*store(keys.movedim(2, 0), self._dtype), *store(values.movedim(2, 0), self._dtype))
-            frame.row_bytes = sum(t[0].numel() * t.element_size() for t in rows if t is not None)
+            rows, frame.row_bytes = _rows(keys, values, self._dtype)
             frame.summary_bytes = 0
             if self._append(rows, frame) and summary is not None:
                 self._add_retrieval_key(frame, summary)
@@ -367,3 +366,10 @@ class FrameMemory:
             frame = self.frames[index]
             recalled.append(Recalled(keys.to(dtype), values.to(dtype), frame.stamp_ns, frame.layout))
         return recalled
+
+
+def _rows(keys: torch.Tensor, values: torch.Tensor, dtype: str) -> tuple[tuple, int]:
+    """A frame's keys and values [layers, kv_heads, n, head_dim] as the ring's token-major rows
+    (keys' data, scale, low, then values'), and their bytes per token."""
+    rows = (*store(keys.movedim(2, 0), dtype), *store(values.movedim(2, 0), dtype))
+    return rows, sum(t[0].numel() * t.element_size() for t in rows if t is not None)
