@@ -208,3 +208,31 @@ def test_an_unconfigured_node_is_not_a_crash(tmp_path):
     assert code == 0, (logs / "llm_node.log").read_text()
     _fault("missing model (process)", "configure refused with a reason, node up")
 
+
+
+def test_a_stop_that_races_the_executor_is_a_clean_exit(monkeypatch):
+    """SIGTERM's handler shuts the context down while the executor builds its wait set; rclpy
+    then raises "context is not valid" (RCLError), not ExternalShutdownException. CI saw a
+    node exit 1 so. After a shutdown that is a clean stop; with the context still up, the
+    same error is a real one and propagates."""
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+
+    from streamvlm.ros import spin
+
+    class RacingExecutor:
+        shut_down_first = True
+
+        def __init__(self, num_threads):
+            pass
+
+        def spin(self):
+            if RacingExecutor.shut_down_first:
+                rclpy.shutdown()
+            raise rclpy_implementation.RCLError("failed to initialize wait set: the given context is not valid")
+
+    monkeypatch.setattr(spin, "MultiThreadedExecutor", RacingExecutor)
+    assert spin.run(lambda: []) == 0
+    RacingExecutor.shut_down_first = False
+    with pytest.raises(rclpy_implementation.RCLError):
+        spin.run(lambda: [])
+    assert not rclpy.ok()  # the run's own shutdown, on the way out

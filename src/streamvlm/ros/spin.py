@@ -8,6 +8,7 @@ from typing import Callable
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation
 
 from streamvlm.ros.stage_node import StageNode
 
@@ -31,6 +32,13 @@ def run(make_nodes: Callable[[], list[StageNode]], args: list[str] | None = None
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except rclpy_implementation.RCLError:
+        # SIGTERM's handler shuts the context down from another thread; an executor between
+        # its check of the context and building its wait set then gets "context is not
+        # valid" instead of ExternalShutdownException (a race inside rclpy, seen in CI).
+        # After a shutdown that is the same clean stop; otherwise it is a real error.
+        if rclpy.ok():
+            raise
     except (ParameterException, ValueError) as err:
         print(f"streamvlm: invalid parameter: {err}", file=sys.stderr)
         return 2
