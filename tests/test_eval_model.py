@@ -129,3 +129,33 @@ def test_a_training_with_the_same_stage_1_reuses_its_result_and_gives_the_same_b
     other_stage_1 = dataclasses.replace(settings, vision_lr=2e-3)
     train(other_stage_1, tmp_path / "other.safetensors", say=said.append, checkpoints=Checkpoints(folder, other_stage_1))
     assert not any("reused" in line for line in said) and any("stage 1: epoch" in line for line in said)
+
+
+def test_a_training_started_from_trained_parts_carries_all_of_them_into_stage_2(tmp_path):
+    """`--init`: stage 1 skipped, stage 2 begins from the given ViT, projector, frame-end
+    embedding and LoRA. With no stage-2 step the parts come out as they went in; a step moves
+    them; LoRA of another rank or alpha is refused."""
+    from safetensors.torch import load_file
+
+    from streamvlm.training.train_eval import TrainSettings, train
+
+    settings = TrainSettings(vision_scenes=2, vision_frames=8, vision_epochs=1, scenes=2, scene_frames=80,
+                             steps=2, questions=2, held_out=1)
+    quiet = lambda line: None  # noqa: E731
+    train(settings, tmp_path / "first.safetensors", say=quiet)
+    first = load_file(str(tmp_path / "first.safetensors"))
+    said = []
+    unchanged = dataclasses.replace(settings, init=str(tmp_path / "first.safetensors"), steps=0)
+    train(unchanged, tmp_path / "same.safetensors", say=said.append)
+    assert any("stage 1: taken from" in line for line in said) and not any("stage 1: epoch" in line for line in said)
+    same = load_file(str(tmp_path / "same.safetensors"))
+    assert same.keys() == first.keys()
+    assert all(torch.equal(same[k], first[k]) for k in first)
+    onward = dataclasses.replace(unchanged, steps=1)
+    train(onward, tmp_path / "onward.safetensors", say=quiet)
+    moved = load_file(str(tmp_path / "onward.safetensors"))
+    assert not torch.equal(moved["lora.0.self_attn.q_proj.B"], first["lora.0.self_attn.q_proj.B"])
+    assert torch.equal(moved["vision_tower.post_layernorm.weight"],
+                       first["vision_tower.post_layernorm.weight"])  # frozen in stage 2
+    with pytest.raises(ValueError, match="LoRA scale"):
+        train(dataclasses.replace(onward, alpha=8.0), tmp_path / "refused.safetensors", say=quiet)

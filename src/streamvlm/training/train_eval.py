@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from streamvlm.machine import machine
-from streamvlm.models.eval_model import FRAME_MARKER, LORA_TARGETS, VISION, build, trainable_state
+from streamvlm.models.eval_model import (FRAME_MARKER, LORA_TARGETS, VISION, adapted_linear, build, load_trained,
+                                         trainable_state)
 from streamvlm.models.llava_onevision import PixelSpec
 from streamvlm.models.prompt import PromptFormat
 from streamvlm.synth import COLOURS, SHAPES, evaluation_scene
@@ -65,6 +66,10 @@ class TrainSettings:
     # bfloat16 autocast for the forward passes (master weights stay float32): stage 2 ran
     # 1.3-1.45x faster on the 2-core CPU here (AVX512-BF16), same loss to 0.3%; "off": float32.
     autocast: str = "bfloat16"
+    # Trained parts (.safetensors) to start from instead of stage 1: stage 2 then begins from
+    # their ViT, projector, frame-end embedding and LoRA. For a stage-2 recipe change tried on
+    # top of the last model when a whole training (hours on 2 cores) does not fit; "" : none.
+    init: str = ""
     # cpu, or cuda on a lent GPU (minutes instead of an hour; CUDA kernels may sum in another
     # order from run to run, so there the same seed gives close, not identical, weights).
     device: str = "cpu"
@@ -257,12 +262,28 @@ class Trainer:
         return {**{name: getattr(self.s, name) for name in stage1}, "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(), "data_sha256": self.data_sha256}
 
+    def start_from(self, path: Path) -> dict:
+        """Stage 1 replaced by earlier trained parts; their LoRA waits for stage 2's adapters.
+        Returns the vision report of their manifest, marked as inherited."""
+        from safetensors.torch import load_file
+
+        parts = {k: v.float() for k, v in load_file(str(path)).items()}
+        load_trained(self.model, {k: v for k, v in parts.items() if not k.startswith("lora.")})
+        self.model.to(self.device)
+        self._init_lora = {k: v for k, v in parts.items() if k.startswith("lora.")}
+        self.record(hashlib.sha256(path.read_bytes()).hexdigest())
+        earlier = manifest(path)
+        report = json.loads(earlier.read_text())["vision"] if earlier.exists() else {}
+        self.say(f"stage 1: taken from {path}")
+        return {**report, "from": path.name}
+
     # --- stage 2 ------------------------------------------------------------------------
 
     def train_language(self, checkpoints: Checkpoints, vision_report: dict, state: dict | None = None) -> dict:
         s = self.s
         layers = self.inner.language_model.layers
         adapters = add_lora(layers, LORA_TARGETS, s.rank, s.alpha, s.seed)
+        self._continue_lora(adapters)
         lora = [p for a in adapters for p in (a.A, a.B)]
         projector = list(self.inner.multi_modal_projector.parameters())
         for p in lora + projector + [self.inner.image_newline]:
@@ -319,8 +340,22 @@ class Trainer:
                     "data_sha256": self.data_sha256})
         for p in self.model.parameters():
             p.requires_grad_(False)
-        return {"loss_last_100": round(float(np.nanmean(losses[-100:])), 5), "steps": s.steps,
+        return {"loss_last_100": round(float(np.nanmean(losses[-100:])), 5) if losses else None, "steps": s.steps,
                 "held_out": self.held_out()}
+
+    @torch.no_grad()
+    def _continue_lora(self, adapters) -> None:
+        init = getattr(self, "_init_lora", None)
+        if not init:
+            return
+        if abs(float(init["lora.scale"]) - adapters[0].scale) > 1e-6:
+            raise ValueError(f"--init was trained with LoRA scale {float(init['lora.scale'])}, "
+                             f"these settings give {adapters[0].scale}: use its rank and alpha")
+        for index, layer in enumerate(self.inner.language_model.layers):
+            for name in LORA_TARGETS:
+                adapter = getattr(*adapted_linear(layer, name))
+                adapter.A.copy_(init[f"lora.{index}.{name}.A"])
+                adapter.B.copy_(init[f"lora.{index}.{name}.B"])
 
     @torch.no_grad()
     def _restore_language(self, state: dict, adapters) -> None:
@@ -420,7 +455,10 @@ def train(settings: TrainSettings, out: Path, say=print, checkpoints: Checkpoint
     if state is not None:
         torch.set_rng_state(state["rng"])
         say(f"resuming at {state['stage']} step {state['step']} ({state['seconds']:.0f} s trained before)")
-    vision = trainer.train_vision(checkpoints, state)
+    if settings.init and state is None:
+        vision = trainer.start_from(Path(settings.init))
+    else:  # a resumed training with --init is past stage 1: its state holds the ViT
+        vision = trainer.train_vision(checkpoints, state)
     language = trainer.train_language(checkpoints, vision, state)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(trainer.trained_parts(), str(out))
