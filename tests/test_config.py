@@ -15,7 +15,8 @@ def test_shipped_node_settings_are_the_nodes_defaults_and_nothing_else():
     # The node settings are plain dataclasses; importing them needs no ROS.
     from streamvlm.ros.settings import EncoderSettings, LlmSettings
 
-    node_only = {k: v for k, v in config.load_params(LIVE_YAML).items() if "." not in k}
+    node_only = {k: tuple(v) if isinstance(v, list) else v  # YAML lists are tuples in frozen settings
+                 for k, v in config.load_params(LIVE_YAML).items() if "." not in k}
     defaults = {**config.described(EncoderSettings()), **config.described(LlmSettings())}
     assert node_only == {name: value for name, (value, _) in defaults.items()}
 

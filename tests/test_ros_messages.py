@@ -42,27 +42,30 @@ def test_answer():
     ros_msg = msgs.Answer(question="q", answer="a hall", success=True, latency_ms=3.0)
     stamp_type = type(ros_msg.header.stamp)
     ros_msg.evidence = [stamp_type(sec=9), stamp_type(sec=10, nanosec=5)]
+    ros_msg.evidence_cameras = ["front", "left"]
     ours = STORE.types[ANSWER](header=Header(stamp=Time(sec=0, nanosec=0), frame_id=""), question="q",
                                answer="a hall", success=True, error="", latency_ms=3.0,
-                               evidence=[Time(sec=9, nanosec=0), Time(sec=10, nanosec=5)])
+                               evidence=[Time(sec=9, nanosec=0), Time(sec=10, nanosec=5)],
+                               evidence_cameras=["front", "left"])
     assert_same_on_the_wire(ros_msg, ours, ANSWER)
 
 
 def test_vision_tokens():
     data = np.arange(12, dtype=np.float32).tobytes()
     ros_msg = msgs.VisionTokens(frame_index=3, model="tiny", num_tokens=3, dim=1, dtype="float32",
-                                data=data, grid_rows=2, grid_cols=2, positions=[0, 1, 3], novelty=0.5)
+                                data=data, grid_rows=2, grid_cols=2, positions=[0, 1, 3], novelty=0.5,
+                                camera="front")
     ours = STORE.types[VISION_TOKENS](
         header=Header(stamp=Time(sec=0, nanosec=0), frame_id=""), frame_index=3, model="tiny", num_tokens=3,
         dim=1, dtype="float32", data=np.frombuffer(data, np.uint8), grid_rows=2, grid_cols=2,
-        positions=np.array([0, 1, 3], np.uint32), novelty=0.5, reuse_ratio=0.0)
+        positions=np.array([0, 1, 3], np.uint32), novelty=0.5, reuse_ratio=0.0, camera="front")
     assert_same_on_the_wire(ros_msg, ours, VISION_TOKENS)
 
 
 def test_ask_service_has_the_designed_fields():
     response = srvs.Ask.Response()
     fields = set(response.get_fields_and_field_types())
-    assert {"answer", "success", "error", "latency_ms", "stamp", "evidence"} <= fields
+    assert {"answer", "success", "error", "latency_ms", "stamp", "evidence", "evidence_cameras"} <= fields
     assert set(srvs.Ask.Request().get_fields_and_field_types()) == {"question", "max_new_tokens"}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +19,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from streamvlm.cameras import camera_error
 from streamvlm.image import ImageError, decode_compressed, decode_raw, encode_compressed, encode_raw
 from streamvlm.types import Answer, Caption, Frame
 
@@ -45,9 +47,10 @@ def typestore():
 
 
 class BagFrames:
-    """Iterates the frames of one image topic in recording order; bad frames are counted drops."""
+    """Iterates the frames of one or several image topics in recording order; bad frames are
+    counted drops. With several topics each is a camera, and each frame says whose it is."""
 
-    def __init__(self, path: str | Path, topic: str | None = None):
+    def __init__(self, path: str | Path, topics: str | list[str] | None = None):
         self.path = Path(path)
         self.dropped = 0
         with AnyReader([self.path], default_typestore=typestore()) as reader:
@@ -55,32 +58,67 @@ class BagFrames:
             counts = {c.topic: c.msgcount for c in reader.connections}
             self.start_ns = reader.start_time
             self.duration_ns = reader.duration
-        if topic is None:
+        specs = [topics] if isinstance(topics, str) else list(topics or [])
+        if not specs:
             if len(images) != 1:
-                raise ValueError(f"{self.path} has image topics {sorted(images)}; choose one with --topic")
-            topic = next(iter(images))
-        if topic not in images:
-            raise ValueError(f"{self.path} has no image topic {topic!r}; image topics: {sorted(images)}")
-        self.topic = topic
-        self.msgtype = images[topic]
-        self.count = counts[topic]
+                raise ValueError(f"{self.path} has image topics {sorted(images)}; choose one with --topic "
+                                 "(or several, one per camera)")
+            specs = list(images)
+        self.cameras = camera_topics(specs)  # topic -> camera name ("" for a single topic)
+        for topic in self.cameras:
+            if topic not in images:
+                raise ValueError(f"{self.path} has no image topic {topic!r}; image topics: {sorted(images)}")
+        self.topics = list(self.cameras)
+        self.topic = self.topics[0]
+        self.msgtypes = {topic: images[topic] for topic in self.topics}
+        self.msgtype = self.msgtypes[self.topic]
+        self.count = sum(counts[topic] for topic in self.topics)
 
     def __len__(self) -> int:
         return self.count
 
     def __iter__(self) -> Iterator[Frame]:
         with AnyReader([self.path], default_typestore=typestore()) as reader:
-            connections = [c for c in reader.connections if c.topic == self.topic]
+            connections = [c for c in reader.connections if c.topic in self.cameras]
             for connection, log_ns, raw in reader.messages(connections=connections):
                 try:
                     msg = reader.deserialize(raw, connection.msgtype)
                     rgb = _decode(msg, connection.msgtype)
                 except (ImageError, ValueError, AssertionError) as err:
                     self.dropped += 1
-                    log.warning("dropped frame %d of %s at %d ns: %s", self.dropped, self.topic, log_ns, err)
+                    log.warning("dropped frame %d of %s at %d ns: %s", self.dropped, connection.topic, log_ns, err)
                     continue
                 stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                yield Frame(stamp or log_ns, log_ns, rgb)
+                yield Frame(stamp or log_ns, log_ns, rgb, self.cameras[connection.topic])
+
+
+def camera_topics(specs: list[str]) -> dict[str, str]:
+    """Image topics and the cameras they are: "NAME=TOPIC", or a bare topic. One bare topic is
+    the stream's only camera (""); among several, a bare topic's camera is named after its
+    first path segment that says more than "camera" or "image" (/front/image_raw: front)."""
+    cameras: dict[str, str] = {}
+    for spec in specs:
+        name, equals, topic = spec.partition("=")
+        if not equals:
+            name, topic = ("" if len(specs) == 1 else _name_from_topic(spec)), spec
+        error = camera_error(name) or ("" if name or len(specs) == 1 else f"no camera name for {spec!r}")
+        if error:
+            raise ValueError(f"{error}; name it as NAME={topic}")
+        if topic in cameras:
+            raise ValueError(f"topic {topic!r} given twice")
+        cameras[topic] = name
+    names = list(cameras.values())
+    if len(set(names)) != len(names):
+        raise ValueError(f"two topics would be the same camera ({names}); name them as NAME=TOPIC")
+    return cameras
+
+
+def _name_from_topic(topic: str) -> str:
+    generic = {"camera", "cameras", "image", "image_raw", "image_color", "image_rect", "compressed", "color", "rgb"}
+    for part in (p for p in topic.split("/") if p):
+        if part not in generic:
+            return re.sub(r"\W", "_", part if part[0].isalpha() else f"cam_{part}")
+    return ""
 
 
 def _decode(msg, msgtype: str) -> np.ndarray:
@@ -138,7 +176,7 @@ class BagWriter:
         msg = self.store.types[ANSWER](
             header=self._header(answer.stamp_ns, frame_id), question=answer.question, answer=answer.text,
             success=answer.success, error=answer.error, latency_ms=answer.latency_ms,
-            evidence=[self._time(t) for t in answer.evidence_ns],
+            evidence=[self._time(t) for t in answer.evidence_ns], evidence_cameras=list(answer.evidence_cameras),
         )
         self._write(topic, ANSWER, answer.stamp_ns, msg)
 

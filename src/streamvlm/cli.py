@@ -1,9 +1,9 @@
 """The `streamvlm` command line: stream a bag or a video through the pipeline.
 
-    streamvlm replay BAG [--topic T] [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
+    streamvlm replay BAG [--topic [NAME=]T]... [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
                          [--debug-video OUT.mp4]
     streamvlm video FILE [--ask Q [--at S]]... [--model M] [--out OUT.mcap] [--realtime] [--json]
-    streamvlm play BAG [--topic T] [--to TOPIC] [--rate R] [--loop] [--wait S]   (needs rclpy)
+    streamvlm play BAG [--topic T]... [--to TOPIC] [--rate R] [--loop] [--wait S]   (needs rclpy)
     streamvlm diagnostics [--duration S] [--json]                                (needs rclpy)
     streamvlm bench BENCH [options] [--json]                                     (see bench -h)
     streamvlm export onnx --model M [--out engines]                              ONNX graphs of the ViT
@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     replay = commands.add_parser("replay", help="stream a ROS 2 bag (.mcap, .db3 or its folder)")
     replay.add_argument("bag", type=Path)
-    replay.add_argument("--topic", help="image topic (needed when the bag has several)")
+    replay.add_argument("--topic", action="append", metavar="[NAME=]TOPIC",
+                        help="image topic (needed when the bag has several); repeat it for several cameras, "
+                             "each named NAME or after its topic (/front/image_raw: front)")
     video = commands.add_parser("video", help="stream a video file")
     video.add_argument("video", type=Path)
     for sub in (replay, video):
@@ -71,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     video.set_defaults(run=_run_video)
     play = commands.add_parser("play", help="publish a bag's image topic onto a live ROS 2 topic")
     play.add_argument("bag", type=Path)
-    play.add_argument("--topic", help="image topic of the bag (needed when it has several)")
+    play.add_argument("--topic", action="append", metavar="TOPIC",
+                      help="image topic of the bag (needed when it has several); repeat it for several cameras")
     play.add_argument("--to", metavar="TOPIC", help="publish on this topic instead of the recorded one")
     play.add_argument("--rate", type=float, default=1.0, help="speed factor (2: twice as fast)")
     play.add_argument("--loop", action="store_true", help="start again at the end, until Ctrl-C")
@@ -208,9 +211,9 @@ def _stream(args, frames) -> int:
     report = _Reporter(args.json, args.out)
     debug = None
     if args.debug_video:
-        from streamvlm.debug_view import DebugVideo
+        from streamvlm.debug_view import DebugVideos
 
-        debug = DebugVideo(args.debug_video, vlm.cfg.vision.fps or 1.0)
+        debug = DebugVideos(args.debug_video, vlm.cfg.vision.fps or 1.0)
     origin_ns = None
     late = 0
     wall_start = time.monotonic()
@@ -224,10 +227,11 @@ def _stream(args, frames) -> int:
             if args.realtime and _behind(wall_start, stream_s):
                 late += 1
                 continue
-            shown = vlm.vision.last_view
-            caption = vlm.push(frame.rgb, frame.stamp_ns)
-            if debug is not None and vlm.vision.last_view is not shown:  # this frame was processed
-                debug.write(frame.rgb, vlm.vision.last_view)
+            stage = vlm.vision_for(frame.camera)
+            shown = stage.last_view
+            caption = vlm.push(frame.rgb, frame.stamp_ns, frame.camera)
+            if debug is not None and stage.last_view is not shown:  # this frame was processed
+                debug.write(frame.rgb, stage.last_view, frame.camera)
             if caption is not None:
                 report.caption(caption, origin_ns)
         for question in questions:
@@ -236,7 +240,7 @@ def _stream(args, frames) -> int:
         report.close()
         if debug is not None:
             debug.close()
-            log.info("wrote %d frames to %s", debug.frames, args.debug_video)
+            log.info("wrote %d frames to %s", debug.frames, ", ".join(v.path for v in debug.videos.values()))
     if frames.dropped or late or vlm.dropped_late:
         log.info("dropped frames: %d undecodable, %d behind real time, %d out of time order",
                  frames.dropped, late, vlm.dropped_late)
@@ -283,6 +287,9 @@ class _Reporter:
         stamp = (answer.stamp_ns - origin_ns) / 1e9 if answer.stamp_ns else 0.0
         record = {"type": "answer", "stamp": round(stamp, 3), "question": answer.question,
                   "text": answer.text, "latency_ms": round(answer.latency_ms, 1)}
+        if any(answer.evidence_cameras):  # several cameras: which ones the answer saw, and when
+            record["evidence"] = [{"camera": c, "stamp": round((t - origin_ns) / 1e9, 3)}
+                                  for t, c in zip(answer.evidence_ns, answer.evidence_cameras)]
         if not answer.success:
             record["error"] = answer.error
         line = f"[{stamp:8.2f}s] Q: {answer.question}\n{'':11}A: {answer.text or '(' + answer.error + ')'}"

@@ -157,6 +157,9 @@ def replace_checked(section: Any, values: Mapping[str, Any]) -> Any:
         # YAML writes 1 for 1.0; accept ints for floats but nothing else that changes type.
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        # Lists of names (a YAML list, a ROS string array) are kept as tuples: settings are frozen.
+        if isinstance(default, tuple) and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            value = tuple(value)
         if type(value) is not type(default):
             raise ValueError(f"{label}.{key} must be {type(default).__name__}, got {value!r}")
         out[key] = value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -88,3 +89,27 @@ class DebugVideo:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.release()
+
+
+class DebugVideos:
+    """One `DebugVideo` per camera: `OUT.mp4` for the only camera, `OUT-front.mp4` for a
+    camera named front (cameras' frames differ in size and scene; one file each)."""
+
+    def __init__(self, path, fps: float):
+        self.path, self.fps = Path(path), fps
+        self.videos: dict[str, DebugVideo] = {}
+
+    def write(self, frame_rgb: np.ndarray, view: FrameView, camera: str = "") -> None:
+        video = self.videos.get(camera)
+        if video is None:
+            path = self.path if not camera else self.path.with_name(f"{self.path.stem}-{camera}{self.path.suffix}")
+            video = self.videos[camera] = DebugVideo(path, self.fps)
+        video.write(frame_rgb, view)
+
+    @property
+    def frames(self) -> int:
+        return sum(video.frames for video in self.videos.values())
+
+    def close(self) -> None:
+        for video in self.videos.values():
+            video.close()

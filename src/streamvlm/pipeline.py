@@ -6,10 +6,11 @@ import logging
 
 import numpy as np
 
+from streamvlm.cameras import MAX_CAMERAS, camera_error
 from streamvlm.config import PipelineConfig
 from streamvlm.llm.stage import LanguageStage
-from streamvlm.models import VisionLanguageModel, load_model
 from streamvlm.metrics import ThrottledLog
+from streamvlm.models import VisionLanguageModel, load_model
 from streamvlm.timeline import RESET
 from streamvlm.types import Answer, Caption
 from streamvlm.vision.stage import VisionStage
@@ -21,9 +22,11 @@ class StreamingVLM:
     def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel):
         self.cfg = cfg
         self.model = model  # loaded once, shared by both stages
-        self.vision = VisionStage(cfg, model)
+        self.vision = VisionStage(cfg, model)  # the first camera's (the only one's, usually)
+        # Each camera of the stream keeps its own delta cache, pruner, sampler and timeline;
+        # they share the model and the ViT backend.
+        self.cameras: dict[str, VisionStage] = {}
         self.language = LanguageStage(cfg, model)
-        self.timeline = self.vision.timeline  # one timeline: both stages take the same frames
         self._warn = ThrottledLog(log.warning)
 
     @classmethod
@@ -31,23 +34,43 @@ class StreamingVLM:
         cfg = cfg or PipelineConfig()
         return cls(cfg, load_model(cfg.model))
 
-    def push(self, frame_rgb: np.ndarray, stamp_ns: int) -> Caption | None:
-        """Feed one camera frame; returns a caption when one is due.
+    def vision_for(self, camera: str = "") -> VisionStage:
+        """The vision stage of `camera`, made at its first frame."""
+        stage = self.cameras.get(camera)
+        if stage is not None:
+            return stage
+        error = camera_error(camera)
+        if error:
+            raise ValueError(error)
+        if len(self.cameras) >= MAX_CAMERAS:
+            raise ValueError(f"a camera {camera!r} beyond the {MAX_CAMERAS} this stream already has")
+        stage = self.vision if not self.cameras else VisionStage(self.cfg, self.model, self.vision.encoder.backend)
+        self.cameras[camera] = stage
+        return stage
 
-        Stamps go through the stream's Timeline (see timeline.py): a late frame is dropped and
+    def push(self, frame_rgb: np.ndarray, stamp_ns: int, camera: str = "") -> Caption | None:
+        """Feed one camera frame; returns a caption when one is due. `camera` names it in a
+        stream of several ("" : the only one).
+
+        Stamps go through the camera's Timeline (see timeline.py): a late frame is dropped and
         counted, and a time jump (a looped bag, a reset clock, a long gap) starts a new stream
-        or continues this one with shifted stamps, as `stream.on_time_jump` says.
+        (for every camera) or continues this one with shifted stamps, as `stream.on_time_jump` says.
         """
-        placed = self.timeline.admit(stamp_ns, self._warn, "frames")
+        stage = self.vision_for(camera)
+        placed = stage.timeline.admit(stamp_ns, self._warn, "frames")
         if placed is None:
             return None
         if placed.verdict == RESET:
-            self.vision.reset()
-            self.vision.sampler.restart()
+            for other in self.cameras.values():
+                other.reset()
+                other.sampler.restart()
+                if other is not stage:
+                    other.timeline.restart()
             self.language.reset()
-        batch = self.vision.process(frame_rgb, placed.stamp_ns)
+        batch = stage.process(frame_rgb, placed.stamp_ns)
         if batch is None:
             return None
+        batch.camera = camera
         self.language.ingest(batch)
         return self.language.maybe_caption()
 
@@ -56,14 +79,21 @@ class StreamingVLM:
         changes: a change one stage refuses changes nothing)."""
         self.vision.check_change(cfg)
         self.language.check_change(cfg)
-        self.vision.reconfigure(cfg)
+        for stage in {id(s): s for s in [self.vision, *self.cameras.values()]}.values():
+            stage.reconfigure(cfg)
         self.language.reconfigure(cfg)
         self.cfg = cfg
 
     @property
+    def timeline(self):
+        """The first (or only) camera's timeline."""
+        return self.vision.timeline
+
+    @property
     def dropped_late(self) -> int:
-        """Frames older than the newest, within the reorder window (the timeline counts them)."""
-        return self.timeline.late
+        """Frames older than their camera's newest, within the reorder window (counted by the timelines)."""
+        stages = self.cameras.values() or [self.vision]
+        return sum(stage.timeline.late for stage in stages)
 
     def ask(self, question: str, max_new_tokens: int | None = None) -> Answer:
         return self.language.ask(question, max_new_tokens)

@@ -112,7 +112,59 @@ class Timeline:
             warn("time", f"{placed.event} ({self.describe()})")
         return placed
 
+    def restart(self) -> None:
+        """Forget the newest stamp (another camera started the stream anew); counts stay."""
+        self._newest_in = self._newest_out = None
+        self._offset_ns = 0
+
     def _take(self, stamp_ns: int, verdict: str, event: str = "") -> Placement:
         self._newest_in = stamp_ns
         self._newest_out = stamp_ns + self._offset_ns
         return Placement(verdict, self._newest_out, event)
+
+
+class CameraTimelines:
+    """The timelines of a stream of several cameras, one per camera, as the language model
+    receives them. Each camera's frames come in its own time order, but two cameras' frames
+    interleave and may cross in transit (one encoded a little faster): that is not lateness,
+    so each is placed against its own camera's newest. A time jump that resets the stream
+    resets it for every camera, so their timelines start over too."""
+
+    def __init__(self, cfg: StreamConfig):
+        self._cfg = cfg
+        self.by_camera: dict[str, Timeline] = {}
+
+    @property
+    def cfg(self) -> StreamConfig:
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg: StreamConfig) -> None:
+        self._cfg = cfg
+        for timeline in self.by_camera.values():
+            timeline.cfg = cfg
+
+    def admit(self, stamp_ns: int, warn: Callable[[str, str], None], what: str, camera: str = ""
+              ) -> Placement | None:
+        """`Timeline.admit` against `camera`'s own newest frame."""
+        timeline = self.by_camera.get(camera)
+        if timeline is None:
+            timeline = self.by_camera[camera] = Timeline(self._cfg)
+        placed = timeline.admit(stamp_ns, warn, what)
+        if placed is not None and placed.verdict == RESET:
+            for other in self.by_camera.values():
+                if other is not timeline:
+                    other.restart()
+        return placed
+
+    @property
+    def late(self) -> int:
+        return sum(t.late for t in self.by_camera.values())
+
+    def describe(self) -> str:
+        return Timeline(self._cfg).describe()
+
+    def status(self) -> dict[str, object]:
+        timelines = self.by_camera.values()
+        return {"time jump policy": self.describe(), "time jumps back": sum(t.jumps_back for t in timelines),
+                "time gaps": sum(t.gaps for t in timelines), "stream resets": sum(t.resets for t in timelines)}

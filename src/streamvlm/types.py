@@ -15,6 +15,7 @@ class Frame:
     stamp_ns: int  # camera time (header stamp; the recording time where the header has none)
     log_ns: int  # when it was recorded
     rgb: np.ndarray  # [H, W, 3] uint8
+    camera: str = ""  # which camera, in a recording of several ("" : the only one)
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TokenBatch:
     reuse_ratio: float = 0.0  # share of ViT work reused from earlier frames
     model: str = ""  # which model's projector made the embeddings
     frame_id: str = ""  # the camera's coordinate frame, passed on to captions and answers
+    camera: str = ""  # which camera of the stream ("" : the only one)
 
     @property
     def num_tokens(self) -> int:
@@ -43,6 +45,7 @@ class Answer:
     stamp_ns: int  # newest frame in context when answered
     latency_ms: float
     evidence_ns: list[int] = field(default_factory=list)  # frames whose KV the answer attended to
+    evidence_cameras: list[str] = field(default_factory=list)  # the camera of each of them
     success: bool = True
     error: str = ""
     token_ids: list[int] = field(default_factory=list)  # generated ids, stop token included

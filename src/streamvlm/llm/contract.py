@@ -49,6 +49,11 @@ class ContextEngine(ABC):
 
     @property
     @abstractmethod
+    def frame_cameras(self) -> list[str]:
+        """The camera of each frame in `frame_stamps` ("" : the only one)."""
+
+    @property
+    @abstractmethod
     def nbytes(self) -> int:
         """Bytes of the keys and values held: the cache, and long-term memory."""
 
@@ -62,11 +67,12 @@ class ContextEngine(ABC):
 
     @abstractmethod
     def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0, footer: int = 0,
-                      layout: torch.Tensor | None = None) -> None:
+                      layout: torch.Tensor | None = None, camera: str = "") -> None:
         """Append one frame's tokens [T, D]; `header` and `footer`: its first and last tokens
         (the text around a frame: time marker, image delimiters) that long-term memory always
         keeps and never matches a question against; `layout`: M-RoPE decoders' position rule
-        of each token [T, 4] (`kv_cache.frame_layout`)."""
+        of each token [T, 4] (`kv_cache.frame_layout`); `camera`: whose frame it is (the
+        vision window is kept per camera)."""
 
     @abstractmethod
     def prefill_text(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:

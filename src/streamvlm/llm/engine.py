@@ -71,6 +71,10 @@ class StreamingEngine(ContextEngine):
         return self.cache.policy.frame_stamps
 
     @property
+    def frame_cameras(self) -> list[str]:
+        return self.cache.policy.frame_cameras
+
+    @property
     def evicted_tokens(self) -> int:
         return self.cache.evicted_tokens
 
@@ -111,9 +115,9 @@ class StreamingEngine(ContextEngine):
             self.attach_memory(self.memory)
 
     def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0, footer: int = 0,
-                      layout: torch.Tensor | None = None) -> None:
+                      layout: torch.Tensor | None = None, camera: str = "") -> None:
         self.prefill(embeds, logits=False, kind=FRAME, stamp_ns=stamp_ns, evict=self._reserved is None,
-                     header=header, footer=footer, layout=layout)
+                     header=header, footer=footer, layout=layout, camera=camera)
 
     def prefill_text(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:
         return self.prefill(embeds, logits=logits, evict=self._reserved is None)
@@ -181,7 +185,7 @@ class StreamingEngine(ContextEngine):
             slots = slice(span.start, span.start + span.length)
             layout = buffers.layout[0, 0, slots] if self.mrope else None  # 1-D: text-like, nothing to keep
             self.memory.add(self.keys_before_rope(slots), buffers.values[:, :, slots],
-                            buffers.scores[0, 0, slots, 0], span.stamp_ns, layout)
+                            buffers.scores[0, 0, slots, 0], span.stamp_ns, layout, span.camera)
 
     def keys_before_rope(self, slots: slice) -> torch.Tensor:
         """The keys of these slots [layers, kv_heads, n, head_dim] as the model projected them,
@@ -224,7 +228,7 @@ class StreamingEngine(ContextEngine):
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, logits: bool = True, kind: str = TEXT, stamp_ns: int = 0,
                 evict: bool = True, all_logits: bool = False, header: int = 0, footer: int = 0,
-                layout: torch.Tensor | None = None) -> torch.Tensor | None:
+                layout: torch.Tensor | None = None, camera: str = "") -> torch.Tensor | None:
         """Append embeddings [T, D]; returns the last position's logits [V] ([T, V] with all_logits).
 
         The LM head runs only where logits are read (a hidden x vocabulary matmul).
@@ -234,8 +238,8 @@ class StreamingEngine(ContextEngine):
         """
         steps = embeds.shape[0]
         if evict:
-            self.cache.make_room(steps, kind, stamp_ns)
-        start = self.cache.policy.append(kind, steps, stamp_ns)
+            self.cache.make_room(steps, kind, stamp_ns, camera)
+        start = self.cache.policy.append(kind, steps, stamp_ns, camera)
         self.cache.buffers.write_layout(start, steps, layout)
         embeds = embeds.to(self.device, self.dtype)
         outputs = []

@@ -10,7 +10,8 @@ arXiv 2309.17453), in slot order, which is also stream order:
 - text sink: the first `text_sink_tokens` text tokens after the sinks (system prompt,
   first questions and answers).
 - vision window: frames younger than `vision_window_s` (and at most
-  `vision_window_frames` of them, when that is set). Older frames leave whole.
+  `vision_window_frames` of them, when that is set), per camera: with several cameras
+  each keeps its own recent frames and all share the budget. Older frames leave whole.
 - text window: the most recent `text_window_tokens` text tokens; older text leaves
   token by token, oldest first.
 - budget: never more than `budget_tokens` slots. When a window rule is not enough, the
@@ -91,6 +92,7 @@ class Span:
     stamp_ns: int = 0  # frames: camera stamp
     pinned: bool = False  # sinks and text sink never leave
     retrieved: bool = False  # a frame brought back from long-term memory for one answer
+    camera: str = ""  # frames: which camera ("" : the only one)
 
 
 class StreamingPolicy:
@@ -114,12 +116,17 @@ class StreamingPolicy:
         """Stamps of the frames in the cache, oldest first."""
         return [s.stamp_ns for s in self.spans if s.kind == FRAME]
 
+    @property
+    def frame_cameras(self) -> list[str]:
+        """The camera of each frame in the cache, in the order of `frame_stamps`."""
+        return [s.camera for s in self.spans if s.kind == FRAME]
+
     def max_room(self) -> int:
         """The most tokens one append could ever get (everything evictable gone)."""
         pinned = sum(s.length for s in self.spans if s.pinned)
         return self.layout.budget_tokens - pinned
 
-    def append(self, kind: str, length: int, stamp_ns: int = 0) -> int:
+    def append(self, kind: str, length: int, stamp_ns: int = 0, camera: str = "") -> int:
         """Record `length` new tokens at the end; returns their first slot."""
         if length <= 0:
             raise ValueError("append needs at least one token")
@@ -130,7 +137,7 @@ class StreamingPolicy:
         start = self.used
         sinks_left = max(0, self.layout.sink_tokens - self.streamed)
         if kind == FRAME:
-            self._push(Span(FRAME, start, length, stamp_ns, pinned=sinks_left > 0))
+            self._push(Span(FRAME, start, length, stamp_ns, pinned=sinks_left > 0, camera=camera))
         else:
             pinned = min(length, sinks_left)
             text_sink = min(length - pinned, self.layout.text_sink_tokens - self.text_sink_used)
@@ -150,7 +157,8 @@ class StreamingPolicy:
         else:
             self.spans.append(span)
 
-    def evict_for(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> list[tuple[int, int]]:
+    def evict_for(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0, camera: str = ""
+                  ) -> list[tuple[int, int]]:
         """Apply the window rules and the budget for `incoming` tokens about to arrive.
 
         Returns the removed slot ranges as (start, length), ascending, in the slot
@@ -161,17 +169,19 @@ class StreamingPolicy:
         frames = [i for i in evictable if self.spans[i].kind == FRAME]
         texts = [i for i in evictable if self.spans[i].kind == TEXT]
 
-        # Vision window: by age against the newest frame, then by count.
-        stamps = [self.spans[i].stamp_ns for i in frames] + ([stamp_ns] if kind == FRAME else [])
-        newest = max(stamps, default=0)
+        # Vision window, each camera's own: by age against its newest frame, then by count.
         window_ns = self.layout.vision_window_s * 1e9
-        count = len(frames) + (kind == FRAME)
-        for i in frames:
-            too_old = window_ns > 0 and newest - self.spans[i].stamp_ns >= window_ns
-            too_many = 0 < self.layout.vision_window_frames < count
-            if too_old or too_many:
-                cut[i] = self.spans[i].length
-                count -= 1
+        for name in dict.fromkeys(self.spans[i].camera for i in frames):
+            own = [i for i in frames if self.spans[i].camera == name]
+            arriving = kind == FRAME and camera == name
+            newest = max([self.spans[i].stamp_ns for i in own] + ([stamp_ns] if arriving else []))
+            count = len(own) + arriving
+            for i in own:
+                too_old = window_ns > 0 and newest - self.spans[i].stamp_ns >= window_ns
+                too_many = 0 < self.layout.vision_window_frames < count
+                if too_old or too_many:
+                    cut[i] = self.spans[i].length
+                    count -= 1
 
         # Text window: the most recent text_window_tokens unpinned text tokens stay.
         text = sum(self.spans[i].length for i in texts) + (incoming if kind == TEXT else 0)
@@ -210,7 +220,7 @@ class StreamingPolicy:
             if n < span.length:
                 # The kept tail starts where the span started, less everything removed before it.
                 self._push(Span(span.kind, span.start - shift, span.length - n, span.stamp_ns, span.pinned,
-                                span.retrieved))
+                                span.retrieved, span.camera))
             shift += n
         self.used -= shift
         return removed
@@ -223,10 +233,10 @@ class StreamingPolicy:
                 return span.start
         return self.used
 
-    def insert_frames(self, at: int, frames: list[tuple[int, int]]) -> None:
-        """Record retrieved frames, (length, stamp_ns) each in time order, at slot `at`
+    def insert_frames(self, at: int, frames: list[tuple[int, int, str]]) -> None:
+        """Record retrieved frames, (length, stamp_ns, camera) each in time order, at slot `at`
         (a span boundary); later spans move up. They stay until `remove_retrieved`."""
-        total = sum(length for length, _ in frames)
+        total = sum(frame[0] for frame in frames)
         if self.used + total > self.layout.budget_tokens:
             raise CacheFull(f"{total} retrieved tokens do not fit: {self.used} of {self.layout.budget_tokens} in use")
         index = next((i for i, s in enumerate(self.spans) if s.start >= at), len(self.spans))
@@ -235,8 +245,8 @@ class StreamingPolicy:
         for span in self.spans[index:]:
             span.start += total
         new, slot = [], at
-        for length, stamp in frames:
-            new.append(Span(FRAME, slot, length, stamp, pinned=True, retrieved=True))
+        for length, stamp, camera in frames:
+            new.append(Span(FRAME, slot, length, stamp, pinned=True, retrieved=True, camera=camera))
             slot += length
         self.spans[index:index] = new
         self.used += total
@@ -254,8 +264,9 @@ class StreamingPolicy:
             assert span.start == slot and span.length > 0, (span, slot)
             slot += span.length
         assert slot == self.used <= self.layout.budget_tokens
-        stamps = self.frame_stamps
-        assert stamps == sorted(stamps)
+        for name in set(self.frame_cameras):  # each camera's frames in time order
+            stamps = [s.stamp_ns for s in self.spans if s.kind == FRAME and s.camera == name]
+            assert stamps == sorted(stamps), (name, stamps)
 
 
 class KVBuffers:
@@ -361,9 +372,10 @@ class StreamingKVCache:
         self.evicted_tokens = 0
         self.moved = False
 
-    def make_room(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0) -> list[tuple[int, int]]:
+    def make_room(self, incoming: int, kind: str = TEXT, stamp_ns: int = 0, camera: str = ""
+                  ) -> list[tuple[int, int]]:
         used_before = self.policy.used
-        removed = self.policy.evict_for(incoming, kind, stamp_ns)
+        removed = self.policy.evict_for(incoming, kind, stamp_ns, camera)
         if removed:
             if self.on_evict is not None and self.policy.evicted_frames:
                 self.on_evict(self.policy.evicted_frames, self.buffers)  # before their slots are reused
@@ -378,7 +390,7 @@ class StreamingKVCache:
         contiguous slots."""
         at = self.policy.insertion_slot()
         used_before = self.policy.used
-        self.policy.insert_frames(at, [(frame.keys.shape[2], frame.stamp_ns) for frame in frames])
+        self.policy.insert_frames(at, [(frame.keys.shape[2], frame.stamp_ns, frame.camera) for frame in frames])
         total = self.policy.used - used_before
         self.buffers.open_gap(at, total, used_before)
         for frame in frames:

@@ -90,6 +90,7 @@ class StoredFrame:
     header: int = 0  # its first tokens are its time marker (text every frame has, not content)
     footer: int = 0  # its last tokens are text too (an image's closing delimiter)
     layout: torch.Tensor | None = None  # [n, 4] int32 its tokens' position rule (kv_cache), on the host
+    camera: str = ""  # whose frame ("" : the only camera)
 
     @property
     def layout_bytes(self) -> int:
@@ -107,6 +108,7 @@ class Recalled(NamedTuple):
     values: torch.Tensor
     stamp_ns: int
     layout: torch.Tensor | None  # [n, 4] position rule (None: text-like, one position a token)
+    camera: str = ""
 
 
 class _Rows:
@@ -205,7 +207,7 @@ class FrameMemory:
         return keys.dequantize(device), values.dequantize(device)
 
     def add(self, keys: torch.Tensor, values: torch.Tensor, importance: torch.Tensor, stamp_ns: int,
-            layout: torch.Tensor | None = None) -> None:
+            layout: torch.Tensor | None = None, camera: str = "") -> None:
         """A frame's keys (before RoPE) and values [layers, kv_heads, n, head_dim], the
         attention its tokens received [n], and its tokens' position rule [n, 4] (M-RoPE; kept
         tokens keep their grid positions); tokens marked +inf in `importance` (the frame's
@@ -221,7 +223,7 @@ class FrameMemory:
             layout = None if layout is None else layout.index_select(0, index.to(layout.device))
         rows, row_bytes = _rows(keys, values, self._dtype)
         frame = StoredFrame(stamp_ns, int(keys.shape[2]), row_bytes, header=header, footer=always - header,
-                            layout=None if layout is None else layout.to("cpu", copy=True))
+                            layout=None if layout is None else layout.to("cpu", copy=True), camera=camera)
         if not self._append(rows, frame):
             return
         if summary is not None:
@@ -364,7 +366,7 @@ class FrameMemory:
         for index in sorted(chosen):
             keys, values = self.read(index, device)
             frame = self.frames[index]
-            recalled.append(Recalled(keys.to(dtype), values.to(dtype), frame.stamp_ns, frame.layout))
+            recalled.append(Recalled(keys.to(dtype), values.to(dtype), frame.stamp_ns, frame.layout, frame.camera))
         return recalled
 
 

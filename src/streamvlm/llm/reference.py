@@ -26,6 +26,7 @@ class FullAttentionEngine(ContextEngine):
         self._length = 0  # tokens in the cache
         self._next = 0  # the next token's position (M-RoPE frames move it by more than their length)
         self._frame_stamps: list[int] = []
+        self._frame_cameras: list[str] = []
         self.memory = None  # nothing is evicted, so nothing is remembered
 
     @property
@@ -41,6 +42,10 @@ class FullAttentionEngine(ContextEngine):
         return self._frame_stamps
 
     @property
+    def frame_cameras(self) -> list[str]:
+        return self._frame_cameras
+
+    @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layer in self.cache.layers
                    for t in (layer.keys, layer.values) if t is not None)
@@ -48,14 +53,15 @@ class FullAttentionEngine(ContextEngine):
     def reset(self) -> None:
         self.cache = DynamicCache()
         self._length = self._next = 0
-        self._frame_stamps = []
+        self._frame_stamps, self._frame_cameras = [], []
 
     def retune(self, layout: CacheLayout, memory: MemorySettings, prefill_chunk: int) -> None:
         """Nothing to tune: no layout, no memory, transformers prefills in one pass."""
 
     def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0, footer: int = 0,
-                      layout: torch.Tensor | None = None) -> None:
+                      layout: torch.Tensor | None = None, camera: str = "") -> None:
         self.prefill(embeds, logits=False, kind=FRAME, stamp_ns=stamp_ns, layout=layout)
+        self._frame_cameras.append(camera)
 
     def prefill_text(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:
         return self.prefill(embeds, logits=logits)

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from streamvlm.cameras import MAX_CAMERAS, camera_error
 from streamvlm.config import LanguageConfig, PipelineConfig
 from streamvlm.llm.contract import CacheFull, ContextEngine
 from streamvlm.llm.decoding import Generation, generate
@@ -19,7 +20,7 @@ from streamvlm.llm.kv_cache import frame_layout
 from streamvlm.llm.memory import FrameMemory
 from streamvlm.llm.reference import FullAttentionEngine
 from streamvlm.models import VisionLanguageModel
-from streamvlm.timeline import Timeline
+from streamvlm.timeline import CameraTimelines
 from streamvlm.types import Answer, Caption, TokenBatch
 
 
@@ -39,8 +40,9 @@ class LanguageStage:
         self.cfg = cfg
         self.model = model
         self.engine = make_engine(cfg.language, model)
-        self.timeline = Timeline(cfg.stream)  # applied by whoever receives the tokens (worker, pipeline)
+        self.timeline = CameraTimelines(cfg.stream)  # applied by whoever receives the tokens (worker, pipeline)
         self._newest_ns: int | None = None  # newest frame ingested (it may have left the cache since)
+        self._newest_by_camera: dict[str, int] = {}  # each camera's frames come in time order
         self._first_ns: int | None = None  # the stream's first frame: time markers count from it
         self._suffix: torch.Tensor | None = None  # the embedded text closing each frame
         self._started = False
@@ -51,6 +53,7 @@ class LanguageStage:
     def reset(self) -> None:
         self.engine.reset()
         self._newest_ns = self._first_ns = None
+        self._newest_by_camera = {}
         self._started = self._turn_has_frames = False
         self._caption_anchor_ns = self._caption_from_ns = None
 
@@ -107,8 +110,12 @@ class LanguageStage:
     def ingest(self, batch: TokenBatch) -> None:
         """Prefill one frame's tokens into the context."""
         self.check_batch(batch)
-        if self._newest_ns is not None and batch.stamp_ns <= self._newest_ns:
-            raise ValueError(f"frame stamp {batch.stamp_ns} is not after the newest {self._newest_ns}")
+        # Each camera's frames in time order; frames of several cameras go in as they come
+        # (two cameras' frames of one instant are both welcome).
+        newest = self._newest_by_camera.get(batch.camera)
+        if newest is not None and batch.stamp_ns <= newest:
+            whose = f" of camera {batch.camera!r}" if batch.camera else ""
+            raise ValueError(f"frame stamp {batch.stamp_ns} is not after the newest{whose} {newest}")
         self._start()
         # With 1-D RoPE a pruned frame's kept tokens go in at consecutive positions, in grid
         # order, as LLaVA-OneVision places any frame's tokens; with M-RoPE (Qwen2-VL) each keeps
@@ -117,8 +124,9 @@ class LanguageStage:
         layout = None
         if self.model.language.position_axes == 3:
             layout = frame_layout(header, batch.positions, batch.grid, footer)
-        self.engine.prefill_frame(embeds, batch.stamp_ns, header, footer, layout)
-        self._newest_ns = batch.stamp_ns
+        self.engine.prefill_frame(embeds, batch.stamp_ns, header, footer, layout, batch.camera)
+        self._newest_by_camera[batch.camera] = batch.stamp_ns
+        self._newest_ns = max(batch.stamp_ns, self._newest_ns or batch.stamp_ns)
         self._turn_has_frames = True
         if self._caption_anchor_ns is None:
             self._caption_anchor_ns = batch.stamp_ns
@@ -133,12 +141,13 @@ class LanguageStage:
         if self._first_ns is None:
             self._first_ns = batch.stamp_ns
         prompt = self.model.prompt
-        if not prompt.frame_marker and not prompt.frame_suffix:
+        if not prompt.frame_marker and not prompt.frame_suffix and not batch.camera:
             return batch.embeddings, 0, 0
-        seconds = (batch.stamp_ns - self._first_ns) // 1_000_000_000
+        seconds = max(0, batch.stamp_ns - self._first_ns) // 1_000_000_000  # another camera may start earlier
         if self._suffix is None:  # the same text after every frame: embedded once
             self._suffix = self._embed_text(prompt.frame_suffix)
-        marker, suffix = self._embed_text(prompt.marker(seconds) if prompt.frame_marker else ""), self._suffix
+        named = prompt.frame_marker or batch.camera
+        marker, suffix = self._embed_text(prompt.marker(seconds, batch.camera) if named else ""), self._suffix
         tokens = batch.embeddings.to(marker.device, marker.dtype)
         return torch.cat([marker, tokens, suffix]), marker.shape[0], suffix.shape[0]
 
@@ -163,23 +172,23 @@ class LanguageStage:
         prompt_ids = self._question_ids(question)
         limit = max_new_tokens or self.cfg.language.max_new_tokens
         try:
-            generation, evidence, first_token_ms = self._answer(question, prompt_ids, limit, recall, start)
+            generation, evidence, cameras, first_token_ms = self._answer(question, prompt_ids, limit, recall, start)
         except CacheFull as err:
             return Answer(question, "", self.newest_stamp_ns, 0.0, success=False, error=str(err))
         self._open_turn(generation.token_ids, generation.stopped)
         ids = [t for t in generation.token_ids if t not in self.model.stop_token_ids]
         text = self.model.tokenizer.decode(ids, skip_special_tokens=True).strip()
         latency = (time.perf_counter() - start) * 1e3
-        return Answer(question, text, self.newest_stamp_ns, latency, evidence,
+        return Answer(question, text, self.newest_stamp_ns, latency, evidence, cameras,
                       token_ids=generation.token_ids, first_logits=generation.first_logits,
                       first_token_ms=first_token_ms)
 
     def _answer(self, question: str, prompt_ids: torch.Tensor, limit: int, recall: bool,
-                start: float) -> tuple[Generation, list[int], float]:
+                start: float) -> tuple[Generation, list[int], list[str], float]:
         """The answer protocol over the engine (see llm/contract.py): reserve room for the whole
         turn, bring back what memory holds for the question, close the turn, generate, and let
         the retrieved frames go again. Returns the generation, the stamps of the frames it
-        attended to (retrieved ones included) and the time to the first token."""
+        attended to (retrieved ones included), their cameras and the time to the first token."""
         closing = self._closing_embeds()  # [n, D], n = 0 when nothing closes the frames
         self.engine.reserve(closing.shape[0] + prompt_ids.numel() + limit, recall)
         try:
@@ -189,12 +198,12 @@ class LanguageStage:
                 self.engine.prefill_text(closing)
             logits = self.engine.prefill_text(self.model.embed_tokens(prompt_ids[None])[0], logits=True)
             first_token_ms = (time.perf_counter() - start) * 1e3
-            evidence = self.frame_stamps
+            evidence, cameras = self.frame_stamps, list(self.engine.frame_cameras)
             generation = generate(self.engine, logits, limit, self.model.stop_token_ids,
                                   self.cfg.language.sampling, prompt_ids)
         finally:
             self.engine.release()  # the streaming context is as it was, plus this turn
-        return generation, evidence, first_token_ms
+        return generation, evidence, cameras, first_token_ms
 
     def maybe_caption(self) -> Caption | None:
         """A caption when `caption_interval_s` of stream has passed since the last one."""
@@ -239,6 +248,11 @@ class LanguageStage:
     def check_batch(self, batch: TokenBatch) -> None:
         """Raises ValueError when tokens cannot go into this model's context (stamps aside)."""
         hidden = self.model.decoder.config.hidden_size
+        camera = camera_error(batch.camera)
+        if camera:
+            raise ValueError(camera)
+        if batch.camera not in self._newest_by_camera and len(self._newest_by_camera) >= MAX_CAMERAS:
+            raise ValueError(f"a camera {batch.camera!r} beyond the {MAX_CAMERAS} this stream already has")
         if batch.model and batch.model != self.model.name:
             raise ValueError(f"tokens from model {batch.model!r}, but this stage runs {self.model.name!r}")
         if batch.embeddings.ndim != 2 or batch.embeddings.shape[1] != hidden or batch.embeddings.shape[0] == 0:

@@ -125,7 +125,7 @@ class LanguageWorker:
             return False
         with self._cond:
             self.received += 1
-            placed = self.stage.timeline.admit(batch.stamp_ns, self._warn, "vision tokens")
+            placed = self.stage.timeline.admit(batch.stamp_ns, self._warn, "vision tokens", batch.camera)
             if placed is None:
                 return False
             if placed.stamp_ns != batch.stamp_ns:

@@ -62,9 +62,15 @@ class PromptFormat:
         return cls(prefix, question_prefix, question_suffix, separator, frozenset(stop_ids), frame_marker,
                    frame_suffix)
 
-    def marker(self, seconds: int) -> str:
+    def marker(self, seconds: int, camera: str = "") -> str:
         """The text before a frame taken `seconds` after the stream's first one. Minutes are
-        not capped at 60, as SmolVLM's processor writes them."""
+        not capped at 60, as SmolVLM's processor writes them. A named camera (a stream of
+        several) leads the marker, with the time in seconds where the model's own marker
+        has none: " front 12s"."""
         minutes, rest = divmod(seconds, 60)
-        return (self.frame_marker.replace("{s}", str(seconds)).replace("{mm}", f"{minutes:02d}")
+        text = (self.frame_marker.replace("{s}", str(seconds)).replace("{mm}", f"{minutes:02d}")
                 .replace("{ss}", f"{rest:02d}"))
+        if not camera:
+            return text
+        timed = any(field in self.frame_marker for field in ("{s}", "{mm}", "{ss}"))
+        return f" {camera}" + (text if timed else f" {seconds}s{text}")

@@ -39,7 +39,7 @@ def batch_to_msg(batch: TokenBatch, dtype: str = "float32") -> VisionTokens:
     tokens = batch.embeddings.detach().to("cpu", TOKEN_DTYPES[dtype]).contiguous()  # [N, D]
     msg = VisionTokens(frame_index=batch.frame_index, model=batch.model, num_tokens=tokens.shape[0],
                        dim=tokens.shape[1], dtype=dtype, grid_rows=batch.grid[0], grid_cols=batch.grid[1],
-                       novelty=float(batch.novelty), reuse_ratio=float(batch.reuse_ratio))
+                       novelty=float(batch.novelty), reuse_ratio=float(batch.reuse_ratio), camera=batch.camera)
     msg.header.stamp = to_time(batch.stamp_ns)
     msg.header.frame_id = batch.frame_id
     # Bytes of the tensor as stored (little-endian on every platform we run on); bfloat16
@@ -72,7 +72,7 @@ def msg_to_batch(msg: VisionTokens) -> TokenBatch:
         stamp_ns=stamp_ns(msg.header.stamp), frame_index=int(msg.frame_index), embeddings=embeddings,
         positions=torch.from_numpy(positions), grid=(int(msg.grid_rows), int(msg.grid_cols)),
         novelty=float(msg.novelty), reuse_ratio=float(msg.reuse_ratio), model=msg.model,
-        frame_id=msg.header.frame_id,
+        frame_id=msg.header.frame_id, camera=msg.camera,
     )
 
 
@@ -85,7 +85,8 @@ def caption_to_msg(caption: Caption, frame_id: str) -> CaptionMsg:
 
 def answer_to_msg(answer: Answer, frame_id: str) -> AnswerMsg:
     msg = AnswerMsg(question=answer.question, answer=answer.text, success=answer.success, error=answer.error,
-                    latency_ms=float(answer.latency_ms), evidence=[to_time(t) for t in answer.evidence_ns])
+                    latency_ms=float(answer.latency_ms), evidence=[to_time(t) for t in answer.evidence_ns],
+                    evidence_cameras=list(answer.evidence_cameras))
     msg.header.stamp = to_time(answer.stamp_ns)
     msg.header.frame_id = frame_id
     return msg
@@ -99,4 +100,5 @@ def fill_ask_response(response, answer: Answer):
     response.latency_ms = float(answer.latency_ms)
     response.stamp = to_time(answer.stamp_ns)
     response.evidence = [to_time(t) for t in answer.evidence_ns]
+    response.evidence_cameras = list(answer.evidence_cameras)
     return response

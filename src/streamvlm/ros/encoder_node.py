@@ -2,10 +2,13 @@
 
     ros2 run streamvlm encoder_node --ros-args -r image:=/camera/image_raw
     ros2 run streamvlm encoder_node --ros-args -p compressed:=true -r image/compressed:=/camera/image/compressed
+    ros2 run streamvlm encoder_node --ros-args -p "cameras:=[front, left]" -r front/image:=/cam_f/image_raw \
+        -r left/image:=/cam_l/image_raw
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -43,74 +46,98 @@ class EncoderNode(StageNode):
         `vision_tokens` is published only while someone subscribes to it."""
         super().__init__(node_name, EncoderSettings(), **kwargs)
         self._in_process = on_batch
-        self.worker: VisionWorker | None = None
+        # One worker per camera ("" : the only one), each with its own delta cache, pruner,
+        # sampler, timeline and one-frame slot; they share the model and the ViT backend.
+        self.workers: dict[str, VisionWorker] = {}
         self._publisher = None
-        self._debug_publisher = None
-        self._subscription = None
-        self._frame_id = "camera"
+        self._debug_publishers: dict[str, Any] = {}
+        self._subscriptions: list = []
+        self._frame_ids: dict[str, str] = {}
+
+    @property
+    def worker(self) -> VisionWorker | None:
+        """The first (or only) camera's worker."""
+        return next(iter(self.workers.values()), None)
 
     def configure_stage(self) -> None:
-        stage = VisionStage(self.cfg, load_shared(self.cfg.model))
-        self.worker = VisionWorker(stage, convert.image_to_rgb, self._hand_on, self.get_logger().warning)
+        model = load_shared(self.cfg.model)
+        backend = None
+        for camera in self.settings.cameras or ("",):
+            stage = VisionStage(self.cfg, model, backend)
+            backend = stage.encoder.backend  # one ONNX session / TensorRT engine for every camera
+            worker = VisionWorker(stage, convert.image_to_rgb, functools.partial(self._hand_on, camera),
+                                  self.get_logger().warning)
+            worker.on_view = functools.partial(self._publish_view, camera)
+            self.workers[camera] = worker
+            self._frame_ids[camera] = camera or "camera"
+            self._debug_publishers[camera] = self.create_lifecycle_publisher(
+                Image, _camera_topic(camera, "debug_image"), DEBUG_QOS)
         self._publisher = self.create_lifecycle_publisher(VisionTokens, "vision_tokens", TOKENS_QOS)
-        self._debug_publisher = self.create_lifecycle_publisher(Image, "debug_image", DEBUG_QOS)
-        self.worker.on_view = self._publish_view
-        self.get_logger().info(f"configured: model {stage.model.name}, {self.cfg.vision.fps} fps")
+        cameras = f", cameras {', '.join(self.workers)}" if self.settings.cameras else ""
+        self.get_logger().info(f"configured: model {model.name}, {self.cfg.vision.fps} fps{cameras}")
 
     def activate_stage(self) -> None:
-        self.worker.start()
-        msg_type, topic = (CompressedImage, "image/compressed") if self.settings.compressed else (Image, "image")
-        self._subscription = self.create_subscription(msg_type, topic, self._on_image, CAMERA_QOS)
-        self.get_logger().info(f"listening on {self.resolve_topic_name(topic)}")
+        msg_type, leaf = (CompressedImage, "image/compressed") if self.settings.compressed else (Image, "image")
+        for camera, worker in self.workers.items():
+            worker.start()
+            topic = _camera_topic(camera, leaf)
+            callback = functools.partial(self._on_image, camera)
+            self._subscriptions.append(self.create_subscription(msg_type, topic, callback, CAMERA_QOS))
+            self.get_logger().info(f"listening on {self.resolve_topic_name(topic)}")
 
     def deactivate_stage(self) -> None:
-        if self._subscription is not None:
-            self.destroy_subscription(self._subscription)
-            self._subscription = None
-        if self.worker is not None:
-            self.worker.stop()
+        for subscription in self._subscriptions:
+            self.destroy_subscription(subscription)
+        self._subscriptions = []
+        for worker in self.workers.values():
+            worker.stop()
 
     def release_stage(self) -> None:
         if self._publisher is not None:
             self.destroy_lifecycle_publisher(self._publisher)
             self._publisher = None
-        if self._debug_publisher is not None:
-            self.destroy_lifecycle_publisher(self._debug_publisher)
-            self._debug_publisher = None
-        self.worker = None  # the last reference to the stage, and with it the shared model's
+        for publisher in self._debug_publishers.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._debug_publishers = {}
+        self.workers = {}  # the last references to the stages, and with them the shared model's
 
     def reconfigure(self, cfg, settings) -> None:
-        # Validated here (a ValueError refuses the change); applied on the worker's thread.
-        if self.worker is not None:
-            self.worker.reconfigure(cfg)
+        # Validated here (a ValueError refuses the change); applied on the workers' threads.
+        for worker in self.workers.values():
+            worker.stage.check_change(cfg)
+        for worker in self.workers.values():
+            worker.reconfigure(cfg)
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
+    def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
         # A driver that leaves the stamp at zero gets the arrival time: frames still need an order.
         stamp = convert.stamp_ns(msg.header.stamp) or self.get_clock().now().nanoseconds
-        self._frame_id = msg.header.frame_id or self._frame_id
-        self.worker.submit(stamp, msg)
+        self._frame_ids[camera] = msg.header.frame_id or self._frame_ids[camera]
+        self.workers[camera].submit(stamp, msg)
 
-    def _hand_on(self, batch: TokenBatch) -> None:
-        batch.frame_id = self._frame_id
+    def _hand_on(self, camera: str, batch: TokenBatch) -> None:
+        batch.frame_id, batch.camera = self._frame_ids[camera], camera
         if self._in_process is not None:
             self._in_process(batch)
             if self._publisher.get_subscription_count() == 0:
                 return
         self._publisher.publish(convert.batch_to_msg(batch, self.settings.tokens_dtype))
 
-    def _publish_view(self, frame_rgb, view: FrameView) -> None:
+    def _publish_view(self, camera: str, frame_rgb, view: FrameView) -> None:
         # On the worker's thread, after the tokens went out; drawn only when asked for and watched.
-        if not self.settings.debug_image or self._debug_publisher.get_subscription_count() == 0:
+        publisher = self._debug_publishers.get(camera)
+        if not self.settings.debug_image or publisher is None or publisher.get_subscription_count() == 0:
             return
         drawn = draw(frame_rgb, view)
         data, step = encode_raw(drawn, "rgb8")
         msg = Image(height=drawn.shape[0], width=drawn.shape[1], encoding="rgb8", is_bigendian=0, step=step, data=data)
         msg.header.stamp = convert.to_time(view.stamp_ns)
-        msg.header.frame_id = self._frame_id
-        self._debug_publisher.publish(msg)
+        msg.header.frame_id = self._frame_ids[camera]
+        publisher.publish(msg)
 
     def figures(self) -> dict[str, Any]:
-        return self.worker.status() if self.worker is not None else {}
+        if len(self.workers) <= 1:
+            return self.worker.status() if self.worker is not None else {}
+        return merge_camera_status({camera: worker.status() for camera, worker in self.workers.items()})
 
     def health(self, now: dict[str, Any], before: dict[str, Any]) -> tuple[bytes, str]:
         if now.get("frames received", 0) == 0:
@@ -123,6 +150,27 @@ class EncoderNode(StageNode):
         if invalid:
             return WARN, f"{invalid} invalid frames dropped in the last period"
         return OK, "encoding"
+
+
+def _camera_topic(camera: str, leaf: str) -> str:
+    """`image` for the only camera, `front/image` for the camera named front (relative: a
+    namespace or a remap places them)."""
+    return f"{camera}/{leaf}" if camera else leaf
+
+
+def merge_camera_status(by_camera: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Several cameras' figures as one node's: counts summed (so health checks read them
+    as before), each camera's rates and times under its name, settings once."""
+    merged: dict[str, Any] = {}
+    for camera, status in by_camera.items():
+        for key, value in status.items():
+            if key.startswith("setting ") or isinstance(value, str):
+                merged.setdefault(key, value)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                merged[key] = merged.get(key, 0) + value
+            else:
+                merged[f"{camera}: {key}"] = value
+    return merged
 
 
 def main(args: list[str] | None = None) -> int:

@@ -11,7 +11,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+          tuple: ParameterType.PARAMETER_STRING_ARRAY}
 
 
 def descriptor(name: str, default: Any, meta: Mapping[str, Any]) -> ParameterDescriptor:
@@ -46,6 +47,10 @@ def declare(node: Node, fields: Mapping[str, tuple[Any, Mapping[str, Any]]]) -> 
     values = {}
     for name, (default, meta) in fields.items():
         desc = descriptor(name, default, meta)
+        if isinstance(default, tuple):  # a list of names; rclpy cannot type an empty list by its value
+            param = node.declare_parameter(name, list(default) or Parameter.Type.STRING_ARRAY, desc)
+            values[name] = tuple(param.value or ())
+            continue
         try:
             param = node.declare_parameter(name, default, desc)
         except InvalidParameterTypeException:

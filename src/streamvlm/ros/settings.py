@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streamvlm.cameras import check_cameras
 from streamvlm.fields import check, setting
 
 _AUTOSTART = "configure and activate at start; false waits for a lifecycle manager"
@@ -14,6 +15,9 @@ _DIAGNOSTICS = "seconds between /diagnostics messages"
 
 @dataclass(frozen=True)
 class EncoderSettings:
+    cameras: tuple = setting((), "camera names, each subscribed on NAME/image (or NAME/image/compressed), its frames "
+                             "named in the LLM's context and in answers' evidence; [] : one camera on image",
+                             read_only=True)
     compressed: bool = setting(False, "subscribe image/compressed (sensor_msgs/CompressedImage) instead of image",
                                read_only=True)
     tokens_dtype: str = setting("float32", "element type of vision_tokens on the wire (float16 halves the bytes)",
@@ -25,6 +29,7 @@ class EncoderSettings:
 
     def __post_init__(self):
         check(self)
+        check_cameras(list(self.cameras))
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,12 @@ from streamvlm.vision.sampler import FrameSampler
 
 
 class VisionStage:
-    def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel):
+    def __init__(self, cfg: PipelineConfig, model: VisionLanguageModel, backend=None):
+        """`backend`: another camera's stage's (`encoder.backend`), so several cameras share
+        one ONNX session or TensorRT engine; None makes one from `cfg.vision.backend`."""
         self.cfg = cfg
         self.model = model
-        backend = make_backend(cfg.vision.backend, model.tower, model.name)
+        backend = backend if backend is not None else make_backend(cfg.vision.backend, model.tower, model.name)
         self.encoder = DeltaViT(model.tower, cfg.vision.delta, backend)  # mode "off": the full ViT every frame
         self.pruner = TokenPruner(cfg.vision.prune)
         self.sampler = FrameSampler(cfg.vision.fps)
