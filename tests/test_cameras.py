@@ -146,9 +146,12 @@ def test_replay_of_a_two_camera_bag_answers_with_evidence_from_both(tiny_model, 
     out = subprocess.run(
         [sys.executable, "-m", "streamvlm.cli", "replay", str(two_camera_bag), "--topic", "/front/image/compressed",
          "--topic", "side=/left/image_raw", "--model", "tiny", "--json", "--ask", "What changed?", "--at", "7",
-         "--debug-video", str(tmp_path / "debug.mp4")],
+         "--debug-video", str(tmp_path / "debug.mp4"), "--alert", "something moved",
+         "--set", "language.alerts.threshold=0.0"],
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     answer = next(json.loads(line) for line in out.stdout.splitlines() if '"answer"' in line)
     assert {e["camera"] for e in answer["evidence"]} == {"front", "side"}
+    alerts = [json.loads(line) for line in out.stdout.splitlines() if '"alert"' in line]
+    assert [a["rule"] for a in alerts] == ["something moved"]  # threshold 0: holds from the first check
     assert (tmp_path / "debug-front.mp4").stat().st_size > 0 and (tmp_path / "debug-side.mp4").stat().st_size > 0

@@ -116,3 +116,64 @@ def test_two_cameras_in_the_composed_layout_answer_with_evidence_from_both(reque
     assert llm.worker.stage.context_tokens <= BUDGET
     status = encoder.figures()
     assert status["frames processed"] == 6 and "front: ms per frame p50" in status
+
+
+def test_an_alert_rule_added_by_service_fires_on_alerts_and_bad_rules_are_refused(request, tiny_model):
+    """The tiny model cannot judge a rule, so threshold 0 makes every check hold: what is
+    tested is the flow (service, parameter, checks on novelty, the rising edge, the message,
+    the counts), not the judgement (`bench alerts` measures that with the evaluation model)."""
+    import threading
+
+    from sensor_msgs.msg import Image
+    from streamvlm_msgs.msg import Alert
+    from streamvlm_msgs.srv import EditAlerts
+
+    from streamvlm.ros.live import compose
+
+    running = Running(compose, {"model.name": "tiny", "cameras": ["front", "left"], "vision.fps": 0.0,
+                                "language.caption_interval_s": 0.0, "language.max_new_tokens": 4,
+                                "language.alerts.interval_s": 0.0, "language.alerts.threshold": 0.0})
+    request.addfinalizer(running.close)
+    llm, _ = running.nodes
+    probe = Probe("alerts_probe")
+    request.addfinalizer(probe.close)
+    received: list = []
+    probe.node.create_subscription(Alert, "alerts", received.append, 10)
+    client = probe.node.create_client(EditAlerts, "edit_alerts")
+    assert client.wait_for_service(timeout_sec=30)
+
+    def edit(add=(), remove=()) -> EditAlerts.Response:
+        done = threading.Event()
+        future = client.call_async(EditAlerts.Request(add=list(add), remove=list(remove)))
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(30), "no response from edit_alerts"
+        return future.result()
+
+    for bad, reason in [([""], "empty"), (["x" * 300], "limit"), ([f"rule {i}" for i in range(40)], "at most")]:
+        response = edit(add=bad)
+        assert not response.success and reason in response.error and list(response.rules) == []
+    response = edit(add=["a red object is visible"])
+    assert response.success and list(response.rules) == ["a red object is visible"]
+    assert llm.cfg.language.alerts.rules == ("a red object is visible",)
+
+    cameras = {name: probe.publisher(Image, f"{name}/image") for name in ("front", "left")}
+    for second in range(3):
+        for camera, (name, publisher) in enumerate(cameras.items()):
+            frame = _scene(second, camera)
+            msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
+                        data=frame.tobytes())
+            msg.header.stamp.sec, msg.header.stamp.nanosec = START_S + second, camera * 1000
+            ingested = llm.worker.ingested
+            publish_until(publisher, lambda attempt: msg, lambda: llm.worker.ingested > ingested, 60,
+                          f"{name}'s frame {second} in the context")
+    wait_for(lambda: received, 30, "an alert on `alerts`")
+    alert = received[0]
+    assert alert.rule == "a red object is visible" and alert.camera in ("front", "left")
+    assert alert.evidence and len(alert.evidence_cameras) == len(alert.evidence) and alert.text
+    status = llm.worker.status()
+    # Every frame was new to its camera's delta cache, so each was checked; the rule held
+    # from the first check on, so it fired once (a rising edge), not once a check.
+    assert status["alert rules"] == 1 and status["alert checks"] == 6 and status["alerts fired"] == 1
+    assert len(received) == 1
+    response = edit(remove=["a red object is visible"])
+    assert response.success and list(response.rules) == [] and llm.cfg.language.alerts.rules == ()

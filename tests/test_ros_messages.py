@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamvlm.bag import ANSWER, CAPTION, VISION_TOKENS, typestore
+from streamvlm.bag import ALERT, ANSWER, CAPTION, VISION_TOKENS, typestore
 
 pytestmark = pytest.mark.ros
 serialization = pytest.importorskip("rclpy.serialization", reason="rclpy is not installed (make setup)")
@@ -48,6 +48,18 @@ def test_answer():
                                evidence=[Time(sec=9, nanosec=0), Time(sec=10, nanosec=5)],
                                evidence_cameras=["front", "left"])
     assert_same_on_the_wire(ros_msg, ours, ANSWER)
+
+
+def test_alert():
+    ros_msg = msgs.Alert(rule="a red object is visible", camera="front", text="a red object is visible (front 0:12)",
+                         probability=0.75, evidence_cameras=["front", "left"])
+    stamp_type = type(ros_msg.header.stamp)
+    ros_msg.evidence = [stamp_type(sec=11), stamp_type(sec=12, nanosec=7)]
+    ours = STORE.types[ALERT](header=Header(stamp=Time(sec=0, nanosec=0), frame_id=""), rule="a red object is visible",
+                              camera="front", text="a red object is visible (front 0:12)", probability=0.75,
+                              evidence=[Time(sec=11, nanosec=0), Time(sec=12, nanosec=7)],
+                              evidence_cameras=["front", "left"])
+    assert_same_on_the_wire(ros_msg, ours, ALERT)
 
 
 def test_vision_tokens():

@@ -21,7 +21,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from streamvlm.cameras import camera_error
 from streamvlm.image import ImageError, decode_compressed, decode_raw, encode_compressed, encode_raw
-from streamvlm.types import Answer, Caption, Frame
+from streamvlm.types import Alert, Answer, Caption, Frame
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ COMPRESSED = "sensor_msgs/msg/CompressedImage"
 CAPTION = "streamvlm_msgs/msg/Caption"
 ANSWER = "streamvlm_msgs/msg/Answer"
 VISION_TOKENS = "streamvlm_msgs/msg/VisionTokens"
-_OWN_TYPES = {VISION_TOKENS: "VisionTokens.msg", CAPTION: "Caption.msg", ANSWER: "Answer.msg"}
+ALERT = "streamvlm_msgs/msg/Alert"
+_OWN_TYPES = {VISION_TOKENS: "VisionTokens.msg", CAPTION: "Caption.msg", ANSWER: "Answer.msg", ALERT: "Alert.msg"}
 
 
 @functools.cache
@@ -179,6 +180,14 @@ class BagWriter:
             evidence=[self._time(t) for t in answer.evidence_ns], evidence_cameras=list(answer.evidence_cameras),
         )
         self._write(topic, ANSWER, answer.stamp_ns, msg)
+
+    def write_alert(self, topic: str, alert: Alert, frame_id: str = "camera") -> None:
+        msg = self.store.types[ALERT](
+            header=self._header(alert.stamp_ns, frame_id), rule=alert.rule, camera=alert.camera, text=alert.text,
+            probability=alert.probability, evidence=[self._time(t) for t in alert.evidence_ns],
+            evidence_cameras=list(alert.evidence_cameras),
+        )
+        self._write(topic, ALERT, alert.stamp_ns, msg)
 
     def _write(self, topic: str, msgtype: str, stamp_ns: int, msg) -> None:
         if topic not in self._connections:

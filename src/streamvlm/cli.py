@@ -117,6 +117,8 @@ def _add_stream_options(sub: argparse.ArgumentParser) -> None:
                      help="any setting by its parameter name, e.g. vision.delta.mode=off (repeatable; "
                           "`streamvlm settings` lists them)")
     sub.add_argument("--max-new-tokens", type=int, help="answer length limit")
+    sub.add_argument("--alert", action="append", default=[], metavar="RULE",
+                     help="an alert rule, e.g. 'a person is visible' (repeatable): printed when it starts to hold")
     sub.add_argument("--out", type=Path, help="write captions and answers into this MCAP bag")
     sub.add_argument("--realtime", action="store_true",
                      help="pace at the recorded rate; frames that arrive while busy are dropped, as from a camera")
@@ -169,6 +171,8 @@ def _config(args) -> config_mod.PipelineConfig:
         overrides.setdefault("vision", {})["backend.name"] = args.backend
     if args.max_new_tokens is not None:
         overrides.setdefault("language", {})["max_new_tokens"] = args.max_new_tokens
+    if args.alert:
+        overrides.setdefault("language", {})["alerts.rules"] = list(args.alert)
     cfg = cfg.replace(**overrides)
     return config_mod.from_flat(dict(_setting(text) for text in args.set), cfg) if args.set else cfg
 
@@ -209,6 +213,7 @@ def _stream(args, frames) -> int:
     questions = _questions(args)
     vlm = StreamingVLM.from_config(_config(args))
     report = _Reporter(args.json, args.out)
+    vlm.on_alert = lambda alert: report.alert(alert, origin_ns)
     debug = None
     if args.debug_video:
         from streamvlm.debug_view import DebugVideos
@@ -303,6 +308,13 @@ class _Reporter:
         self._emit(record, line)
         if self.bag:
             self.bag.write_answer("/answers", answer)
+
+    def alert(self, alert, origin_ns: int | None) -> None:
+        stamp = (alert.stamp_ns - (origin_ns or alert.stamp_ns)) / 1e9
+        self._emit({"type": "alert", "stamp": round(stamp, 3), "rule": alert.rule, "camera": alert.camera,
+                    "probability": round(alert.probability, 3)}, f"[{stamp:8.2f}s] alert: {alert.text}")
+        if self.bag:
+            self.bag.write_alert("/alerts", alert)
 
     def _emit(self, record: dict, line: str) -> None:
         print(json.dumps(record) if self.as_json else line, flush=True)

@@ -35,6 +35,7 @@ import yaml
 
 from streamvlm.backends.base import BackendSettings
 from streamvlm.fields import check, setting
+from streamvlm.llm.alerts import AlertSettings
 from streamvlm.llm.decoding import Sampling
 from streamvlm.llm.kv_cache import CacheLayout
 from streamvlm.llm.memory import MemorySettings
@@ -79,6 +80,7 @@ class LanguageConfig:
     cache: CacheLayout = setting(CacheLayout(), "the streaming KV cache's layout")
     memory: MemorySettings = setting(MemorySettings(), "long-term memory of evicted frames")
     sampling: Sampling = setting(Sampling(), "how answers are decoded")
+    alerts: AlertSettings = setting(AlertSettings(), "natural-language conditions checked as the stream changes")
 
     def __post_init__(self):
         check(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from streamvlm.llm.stage import LanguageStage
 from streamvlm.metrics import ThrottledLog
 from streamvlm.models import VisionLanguageModel, load_model
 from streamvlm.timeline import RESET
-from streamvlm.types import Answer, Caption
+from streamvlm.types import Alert, Answer, Caption
 from streamvlm.vision.stage import VisionStage
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class StreamingVLM:
         # they share the model and the ViT backend.
         self.cameras: dict[str, VisionStage] = {}
         self.language = LanguageStage(cfg, model)
+        self.on_alert: Callable[[Alert], None] | None = None  # alerts that fire (language.alerts.rules)
         self._warn = ThrottledLog(log.warning)
 
     @classmethod
@@ -72,6 +74,9 @@ class StreamingVLM:
             return None
         batch.camera = camera
         self.language.ingest(batch)
+        for alert in self.language.check_alerts(batch):
+            if self.on_alert is not None:
+                self.on_alert(alert)
         return self.language.maybe_caption()
 
     def reconfigure(self, cfg: PipelineConfig) -> None:

@@ -59,3 +59,16 @@ class Caption:
     start_ns: int  # oldest frame the caption covers
     stamp_ns: int  # newest frame the caption covers
     latency_ms: float
+
+
+@dataclass
+class Alert:
+    """An alert rule that started to hold."""
+
+    rule: str
+    camera: str  # the camera whose frame was newest when it was checked ("" : the only one)
+    stamp_ns: int  # that frame's stamp
+    probability: float  # the model's probability of yes (yes against no)
+    text: str  # a short line for people: the rule, camera, stream time and probability
+    evidence_ns: list[int] = field(default_factory=list)  # frames in the context when checked
+    evidence_cameras: list[str] = field(default_factory=list)

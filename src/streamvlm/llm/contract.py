@@ -14,7 +14,8 @@ An answer is one protocol over them:
     engine.release()               # retrieved frames leave; the context is the stream again
 
 Writes inside a reservation never evict: positions of what the question attends to stay
-put until `release`.
+put until `release`. An alert's yes/no check is the same with `mark()` after `reserve` and
+`rollback(mark)` before `release`: the question leaves no trace in the context.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ class ContextEngine(ABC):
     @abstractmethod
     def retune(self, layout: CacheLayout, memory: MemorySettings, prefill_chunk: int) -> None:
         """Take new run-time settings between turns (the budget itself is fixed)."""
+
+    @abstractmethod
+    def mark(self) -> object:
+        """A point to come back to with `rollback` (after `reserve`, so that nothing is
+        evicted before it)."""
+
+    @abstractmethod
+    def rollback(self, mark: object) -> None:
+        """Take back everything appended since `mark`: the context is as it was then (an
+        alert's yes/no question, asked and forgotten)."""
 
     @abstractmethod
     def prefill_frame(self, embeds: torch.Tensor, stamp_ns: int, header: int = 0, footer: int = 0,

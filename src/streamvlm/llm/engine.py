@@ -122,6 +122,14 @@ class StreamingEngine(ContextEngine):
     def prefill_text(self, embeds: torch.Tensor, logits: bool = False) -> torch.Tensor | None:
         return self.prefill(embeds, logits=logits, evict=self._reserved is None)
 
+    def mark(self) -> tuple:
+        return self.cache.policy.snapshot()
+
+    def rollback(self, mark: tuple) -> None:
+        # Only appends since the mark (room was reserved first), and an append writes every
+        # slot it takes (keys, values, rotation, layout) afresh: the bookkeeping is the cache.
+        self.cache.policy.restore(mark)
+
     def decode_step(self, token: int) -> torch.Tensor:
         # Never evicts (an eviction per token would move the whole cache per token): the
         # caller reserved room for the answer. Without room the append raises CacheFull.

@@ -225,6 +225,20 @@ class StreamingPolicy:
         self.used -= shift
         return removed
 
+    def snapshot(self) -> tuple:
+        """The bookkeeping as it is now, for `restore` (a question taken back out)."""
+        spans = [Span(s.kind, s.start, s.length, s.stamp_ns, s.pinned, s.retrieved, s.camera) for s in self.spans]
+        return spans, self.used, self.streamed, self.text_sink_used
+
+    def restore(self, snapshot: tuple) -> None:
+        """Back to a `snapshot` taken when the cache held a prefix of what it holds now (only
+        appends since, no eviction): the slots past it are free again."""
+        spans, used, streamed, text_sink_used = snapshot
+        if used > self.used or streamed > self.streamed:
+            raise ValueError("restore needs a snapshot of a prefix of the cache")
+        self.spans = [Span(s.kind, s.start, s.length, s.stamp_ns, s.pinned, s.retrieved, s.camera) for s in spans]
+        self.used, self.streamed, self.text_sink_used = used, streamed, text_sink_used
+
     def insertion_slot(self) -> int:
         """Where retrieved memory goes: after the leading pinned spans (sinks, text sink),
         before the first span the windows manage."""

@@ -72,6 +72,16 @@ class FullAttentionEngine(ContextEngine):
     def recall(self, question: torch.Tensor) -> list[int]:
         return []  # every frame is still in the context
 
+    def mark(self) -> tuple:
+        return self._length, self._next, len(self._frame_stamps)
+
+    def rollback(self, mark: tuple) -> None:
+        length, self._next, frames = mark
+        if self._length > length:  # a negative count removes that many, in every transformers version
+            self.cache.crop(length - self._length)
+        self._length = length
+        del self._frame_stamps[frames:], self._frame_cameras[frames:]
+
     def decode_step(self, token: int) -> torch.Tensor:
         return self.prefill_tokens(torch.tensor([token]))
 

@@ -13,6 +13,7 @@ import torch
 
 from streamvlm.cameras import MAX_CAMERAS, camera_error
 from streamvlm.config import LanguageConfig, PipelineConfig
+from streamvlm.llm.alerts import AlertChecker, yes_no_ids
 from streamvlm.llm.contract import CacheFull, ContextEngine
 from streamvlm.llm.decoding import Generation, generate
 from streamvlm.llm.engine import StreamingEngine
@@ -21,7 +22,7 @@ from streamvlm.llm.memory import FrameMemory
 from streamvlm.llm.reference import FullAttentionEngine
 from streamvlm.models import VisionLanguageModel
 from streamvlm.timeline import CameraTimelines
-from streamvlm.types import Answer, Caption, TokenBatch
+from streamvlm.types import Alert, Answer, Caption, TokenBatch
 
 
 def make_engine(cfg: LanguageConfig, model: VisionLanguageModel) -> ContextEngine:
@@ -41,6 +42,8 @@ class LanguageStage:
         self.model = model
         self.engine = make_engine(cfg.language, model)
         self.timeline = CameraTimelines(cfg.stream)  # applied by whoever receives the tokens (worker, pipeline)
+        self.alerts = AlertChecker(cfg.language.alerts)
+        self._yes_no: tuple[list[int], list[int]] | None = None  # first tokens of yes and of no
         self._newest_ns: int | None = None  # newest frame ingested (it may have left the cache since)
         self._newest_by_camera: dict[str, int] = {}  # each camera's frames come in time order
         self._first_ns: int | None = None  # the stream's first frame: time markers count from it
@@ -54,6 +57,7 @@ class LanguageStage:
         self.engine.reset()
         self._newest_ns = self._first_ns = None
         self._newest_by_camera = {}
+        self.alerts.reset()
         self._started = self._turn_has_frames = False
         self._caption_anchor_ns = self._caption_from_ns = None
 
@@ -70,6 +74,7 @@ class LanguageStage:
         self.check_change(cfg)
         language = cfg.language
         self.engine.retune(language.cache, language.memory, language.prefill_chunk_tokens)
+        self.alerts.settings = language.alerts
         self.retime(cfg)
         self.cfg = cfg
 
@@ -204,6 +209,38 @@ class LanguageStage:
         finally:
             self.engine.release()  # the streaming context is as it was, plus this turn
         return generation, evidence, cameras, first_token_ms
+
+    def check_alerts(self, batch: TokenBatch) -> list[Alert]:
+        """After `ingest(batch)`: the alert rules that started to hold, if a check was due."""
+        return self.alerts.after_frame(self, batch)
+
+    @torch.inference_mode()
+    def yes_probability(self, question: str) -> tuple[float, list[tuple[int, str]]]:
+        """The model's probability that the answer to `question` starts with yes rather than
+        no, from the context as it is (no retrieval), and the frames (stamp, camera) it held.
+        The question is taken back out: the context is left as it was."""
+        if self._yes_no is None:
+            self._yes_no = yes_no_ids(self.model.tokenizer)
+        self._start()
+        prompt_ids = self._question_ids(question)
+        closing = self._closing_embeds()
+        self.engine.reserve(closing.shape[0] + prompt_ids.numel(), recall=False)
+        mark = self.engine.mark()
+        try:
+            if closing.shape[0]:
+                self.engine.prefill_text(closing)
+            logits = self.engine.prefill_text(self.model.embed_tokens(prompt_ids[None])[0], logits=True)
+            evidence = list(zip(self.frame_stamps, self.engine.frame_cameras))
+        finally:
+            self.engine.rollback(mark)
+            self.engine.release()
+        yes, no = self._yes_no
+        pair = torch.stack([logits[yes].logsumexp(0), logits[no].logsumexp(0)]).float()
+        return float(pair.softmax(0)[0]), evidence
+
+    def stream_seconds(self, stamp_ns: int) -> float:
+        """Seconds from the stream's first frame, as the time markers count them."""
+        return max(0, stamp_ns - (self._first_ns or stamp_ns)) / 1e9
 
     def maybe_caption(self) -> Caption | None:
         """A caption when `caption_interval_s` of stream has passed since the last one."""

@@ -35,7 +35,7 @@ from streamvlm.llm.stage import LanguageStage
 from streamvlm.metrics import RecentValues, ThrottledLog
 from streamvlm.pending import PendingChange
 from streamvlm.timeline import RESET
-from streamvlm.types import Answer, Caption, TokenBatch
+from streamvlm.types import Alert, Answer, Caption, TokenBatch
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,14 @@ class LanguageWorker:
     def __init__(self, stage: LanguageStage, *, max_pending_frames: int = 8, max_pending_questions: int = 16,
                  on_caption: Callable[[Caption], None] | None = None,
                  on_answer: Callable[[Answer], None] | None = None,
+                 on_alert: Callable[[Alert], None] | None = None,
                  warn: Callable[[str], None] = log.warning):
         if max_pending_frames < 1 or max_pending_questions < 1:
             raise ValueError("queue sizes must be at least 1")
         self.stage = stage
         self._on_caption = on_caption or (lambda caption: None)
         self._on_answer = on_answer or (lambda answer: None)
+        self._on_alert = on_alert or (lambda alert: None)
         self._warn = ThrottledLog(warn)
         self._max_frames = max_pending_frames
         self._max_questions = max_pending_questions
@@ -206,6 +208,7 @@ class LanguageWorker:
             "questions waiting": len(self._questions),
             "mean answer latency ms": round(self.answer_ms.mean(), 1),
             "captions": self.captions,
+            **self.stage.alerts.status(),
             "frames or questions failed": self.failed + self._change.failed,
             **self.stage.timeline.status(),
             "settings changes applied": self._change.applied,
@@ -264,6 +267,8 @@ class LanguageWorker:
         self.stage.ingest(batch)
         self.ingested += 1
         self.ms_per_frame.add((time.perf_counter() - start) * 1e3)
+        for alert in self.stage.check_alerts(batch):
+            self._on_alert(alert)
         caption = self.stage.maybe_caption()
         if caption is not None:
             self.captions += 1

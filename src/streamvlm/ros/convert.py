@@ -8,12 +8,13 @@ import numpy as np
 import torch
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CompressedImage, Image
+from streamvlm_msgs.msg import Alert as AlertMsg
 from streamvlm_msgs.msg import Answer as AnswerMsg
 from streamvlm_msgs.msg import Caption as CaptionMsg
 from streamvlm_msgs.msg import VisionTokens
 
 from streamvlm.image import decode_compressed, decode_raw
-from streamvlm.types import Answer, Caption, TokenBatch
+from streamvlm.types import Alert, Answer, Caption, TokenBatch
 
 TOKEN_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MAX_TOKEN_BYTES = 256 * 1024 * 1024  # far above any frame's tokens; refuses absurd messages early
@@ -88,6 +89,14 @@ def answer_to_msg(answer: Answer, frame_id: str) -> AnswerMsg:
                     latency_ms=float(answer.latency_ms), evidence=[to_time(t) for t in answer.evidence_ns],
                     evidence_cameras=list(answer.evidence_cameras))
     msg.header.stamp = to_time(answer.stamp_ns)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def alert_to_msg(alert: Alert, frame_id: str) -> AlertMsg:
+    msg = AlertMsg(rule=alert.rule, camera=alert.camera, text=alert.text, probability=float(alert.probability),
+                   evidence=[to_time(t) for t in alert.evidence_ns], evidence_cameras=list(alert.evidence_cameras))
+    msg.header.stamp = to_time(alert.stamp_ns)
     msg.header.frame_id = frame_id
     return msg
 

@@ -1,8 +1,10 @@
-"""llm_node: `vision_tokens` in; `captions`, `answers` and the `ask` service out.
+"""llm_node: `vision_tokens` in; `captions`, `answers`, `alerts` and the `ask` service out.
 
     ros2 run streamvlm llm_node
     ros2 service call /ask streamvlm_msgs/srv/Ask "{question: 'What is happening?'}"
     ros2 topic pub --once /question std_msgs/msg/String "{data: 'Is the door open?'}"
+    ros2 service call /edit_alerts streamvlm_msgs/srv/EditAlerts "{add: ['a person is visible']}"
+    ros2 topic echo /alerts
 
 Ingestion and answering share one model context, so a LanguageWorker thread does both in
 arrival order; callbacks only enqueue. The `ask` service waits for its answer in its own
@@ -19,10 +21,12 @@ from typing import Any
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
+from rclpy.parameter import Parameter
+from streamvlm_msgs.msg import Alert as AlertMsg
 from streamvlm_msgs.msg import Answer as AnswerMsg
 from streamvlm_msgs.msg import Caption as CaptionMsg
 from streamvlm_msgs.msg import VisionTokens
-from streamvlm_msgs.srv import Ask
+from streamvlm_msgs.srv import Ask, EditAlerts
 
 from streamvlm.llm.stage import LanguageStage
 from streamvlm.llm.worker import LanguageWorker
@@ -32,7 +36,8 @@ from streamvlm.ros import convert
 from streamvlm.ros.diagnostics import OK, WARN, grew
 from streamvlm.ros.settings import LlmSettings
 from streamvlm.ros.stage_node import StageNode
-from streamvlm.types import Answer, Caption, TokenBatch
+from streamvlm.llm.alerts import check_rules
+from streamvlm.types import Alert, Answer, Caption, TokenBatch
 
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Requests beyond the question queue must reach the callback to be refused as busy; with
@@ -50,7 +55,7 @@ class LlmNode(StageNode):
         super().__init__(node_name, LlmSettings(), **kwargs)
         self._subscribe_tokens = subscribe_tokens
         self.worker: LanguageWorker | None = None
-        self._captions = self._answers = None
+        self._captions = self._answers = self._alerts = None
         self._subscriptions_made: list = []
         self._frame_id = self.settings.frame_id
         self._warn = ThrottledLog(self.get_logger().warning)
@@ -59,6 +64,7 @@ class LlmNode(StageNode):
         # with the reason instead of leaving the caller waiting for the service.
         self._ask_group = ReentrantCallbackGroup()
         self.create_service(Ask, "ask", self._on_ask, qos_profile=ASK_QOS, callback_group=self._ask_group)
+        self.create_service(EditAlerts, "edit_alerts", self._on_edit_alerts)
 
     @property
     def threads_wanted(self) -> int:
@@ -71,9 +77,11 @@ class LlmNode(StageNode):
         self.worker = LanguageWorker(
             stage, max_pending_frames=self.settings.max_pending_frames,
             max_pending_questions=self.settings.max_pending_questions,
-            on_caption=self._publish_caption, on_answer=self._publish_answer, warn=self.get_logger().warning)
+            on_caption=self._publish_caption, on_answer=self._publish_answer, on_alert=self._publish_alert,
+            warn=self.get_logger().warning)
         self._captions = self.create_lifecycle_publisher(CaptionMsg, "captions", RELIABLE)
         self._answers = self.create_lifecycle_publisher(AnswerMsg, "answers", RELIABLE)
+        self._alerts = self.create_lifecycle_publisher(AlertMsg, "alerts", RELIABLE)
         self.get_logger().info(f"configured: model {stage.model.name}")
 
     def activate_stage(self) -> None:
@@ -93,10 +101,10 @@ class LlmNode(StageNode):
             self.worker.stop()
 
     def release_stage(self) -> None:
-        for publisher in (self._captions, self._answers):
+        for publisher in (self._captions, self._answers, self._alerts):
             if publisher is not None:
                 self.destroy_lifecycle_publisher(publisher)
-        self._captions = self._answers = None
+        self._captions = self._answers = self._alerts = None
         self.worker = None
 
     def reconfigure(self, cfg, settings) -> None:
@@ -143,6 +151,22 @@ class LlmNode(StageNode):
             answer = worker.give_up(request.question, future, f"no answer within ask_timeout_s = {timeout} s")
         return convert.fill_ask_response(response, answer)
 
+    def _on_edit_alerts(self, request: EditAlerts.Request, response: EditAlerts.Response) -> EditAlerts.Response:
+        # Through the parameter, so that `language.alerts.rules` stays the one place the rules
+        # live (`ros2 param get` shows them) and its check refuses bad ones with the reason.
+        rules = [r for r in self.cfg.language.alerts.rules if r not in set(request.remove)]
+        rules += [r for r in dict.fromkeys(request.add) if r not in rules]
+        try:
+            check_rules(rules)
+        except ValueError as err:
+            response.success, response.error = False, str(err)
+        else:
+            rules_param = Parameter("language.alerts.rules", Parameter.Type.STRING_ARRAY, rules)
+            result = self.set_parameters([rules_param])[0]
+            response.success, response.error = result.successful, result.reason
+        response.rules = list(self.cfg.language.alerts.rules)
+        return response
+
     def _not_active(self, question: str) -> Answer:
         reason = f"the node is {self.state_label}" + (f" ({self.configure_error})" if self.configure_error else "")
         return Answer(question, "", 0, 0.0, success=False, error=reason)
@@ -154,6 +178,10 @@ class LlmNode(StageNode):
     def _publish_answer(self, answer: Answer) -> None:
         if self._answers is not None:
             self._answers.publish(convert.answer_to_msg(answer, self._frame_id))
+
+    def _publish_alert(self, alert: Alert) -> None:
+        if self._alerts is not None:
+            self._alerts.publish(convert.alert_to_msg(alert, self._frame_id))
 
     def figures(self) -> dict[str, Any]:
         if self.worker is None:
