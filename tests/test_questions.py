@@ -73,3 +73,22 @@ def test_scoring_forgives_case_punctuation_articles_and_list_order():
     assert normalize("The  RED one!") == "red one"
     scene = evaluation_scene(2, 60)
     assert describe(scene, 0) == "nothing" and seconds(scene, 37) == 37
+
+
+def test_alert_checks_are_asked_as_the_checker_asks_them_and_answered_by_the_truth():
+    import numpy as np
+
+    from streamvlm.llm.alerts import ALERT_QUESTION
+    from streamvlm.synth.questions import alert_rule, ask_alert, parse_rule, rule_holds
+    from streamvlm.synth.scene import evaluation_scene
+
+    scene = evaluation_scene(3, 120)
+    rng = np.random.default_rng(0)
+    answers = []
+    for index in range(0, 120, 2):
+        question = ask_alert(scene, index, rng)
+        rule = question.text.removesuffix(ALERT_QUESTION.format(rule=""))
+        assert question.text == ALERT_QUESTION.format(rule=rule) and alert_rule(*parse_rule(rule)) == rule
+        assert question.answer == ("yes" if rule_holds(scene, index, *parse_rule(rule)) else "no")
+        answers.append(question.answer)
+    assert 0.3 < answers.count("yes") / len(answers) < 0.7  # both answers common

@@ -109,6 +109,21 @@ def _backends(p) -> None:
                    help="onnxruntime execution providers, in order (default CPU)")
 
 
+def _alerts(p) -> None:
+    p.add_argument("--streams", type=int, default=4, help="synthetic streams (odd seeds pan the camera)")
+    p.add_argument("--minutes", type=float, default=2.0, help="length of each stream")
+    p.add_argument("--fps", type=float, default=1.0, help="frame rate of the streams")
+    p.add_argument("--seed", type=int, default=0, help="first stream's seed")
+    p.add_argument("--model", default="eval", help="vision-language model (default: the evaluation model)")
+    p.add_argument("--config", type=Path, default=Path("config/eval.yaml"), help="settings the stream runs with")
+    p.add_argument("--rule", action="append", metavar="RULE",
+                   help="'a COLOUR object is visible', 'a SHAPE is visible' or 'a COLOUR SHAPE is visible' "
+                        "(repeatable; default: one of each)")
+    p.add_argument("--threshold", type=float, default=0.5, help="language.alerts.threshold")
+    p.add_argument("--within", type=float, default=3.0, metavar="SECONDS",
+                   help="an onset counts as found when its rule fires this soon after it")
+
+
 def _qa(p) -> None:
     # Defaults: 8 streams (still and panning cameras) x 38 short-range questions = 304 per
     # mode, and each stream's 4 needles (first minute) asked at 11 and 15 minutes: 64 more
@@ -188,6 +203,8 @@ BENCHES = {
                  "vision backends side by side: full-frame graph and delta cache, torch vs onnxruntime"),
     "prune": ("streamvlm.bench.prune", _prune, "visual token pruner vs unpruned: tokens, LLM prefill, agreement"),
     "qa": ("streamvlm.bench.qa", _qa, "streaming video QA accuracy per question type, every pipeline mode"),
+    "alerts": ("streamvlm.bench.alerts", _alerts, "alert rules on synthetic streams: precision and recall of checks "
+               "and of alerts"),
     "e2e": ("streamvlm.bench.e2e", _e2e, "sustained frames per second through both stages, captions on"),
     "soak": ("streamvlm.bench.soak", _soak,
              "a long stream through both stages' workers with bursts of questions: memory growth, nothing lost"),

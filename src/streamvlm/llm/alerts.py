@@ -93,6 +93,7 @@ class AlertChecker:
         self._holds: dict[str, bool] = {}
         self.checks = 0  # rule checks run (one per rule per check)
         self.fired = 0
+        self.last: list[tuple[str, float]] = []  # (rule, probability of yes) of the last check run
 
     @property
     def settings(self) -> AlertSettings:
@@ -117,10 +118,11 @@ class AlertChecker:
         if self._last_check_ns is not None and batch.stamp_ns - self._last_check_ns < s.interval_s * 1e9:
             return []
         self._last_check_ns, self._novelty = batch.stamp_ns, 0.0
-        fired = []
+        fired, self.last = [], []
         for rule in s.rules:
             probability, evidence = stage.yes_probability(ALERT_QUESTION.format(rule=rule))
             self.checks += 1
+            self.last.append((rule, probability))
             holds = probability >= s.threshold
             if holds and not self._holds.get(rule, False):
                 self.fired += 1

@@ -6,6 +6,9 @@ Five kinds, each answered in a word or two so that scoring is an exact match:
 - `count_since`: how many objects appeared after a given second;
 - `left_when`: whether an object left, and at which second ("yes, at 41s" / "no");
 - `needle`: when an object seen once, long ago, appeared ("at 37s").
+An alert rule's check is a sixth, `alert`, asked as the alert checker asks it ("a red
+object is visible? Answer yes or no."); it is trained and measured by `bench alerts`,
+not by `bench qa`.
 The first four look back at most `horizon` frames (the short range a streaming window
 holds); needles ask about the first minute of a long stream.
 
@@ -20,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamvlm.synth.scene import SceneObject, SyntheticScene
+from streamvlm.llm.alerts import ALERT_QUESTION
+from streamvlm.synth.scene import COLOURS, SHAPES, SceneObject, SyntheticScene
 
 SHORT_RANGE = ("now", "attribute_at", "count_since", "left_when")
 KINDS = SHORT_RANGE + ("needle",)
@@ -76,6 +80,49 @@ def ask_now(scene: SyntheticScene, index: int, rng: np.random.Generator) -> Ques
     return Question("now", f"What shape is the {obj.colour} object now?", obj.shape, index)
 
 
+def alert_rule(colour: str | None, shape: str | None) -> str:
+    """The rule that holds while an object of this colour and/or shape is on screen."""
+    if colour and shape:
+        return f"a {colour} {shape} is visible"
+    return f"a {colour} object is visible" if colour else f"a {shape} is visible"
+
+
+def parse_rule(rule: str) -> tuple[str | None, str | None]:
+    """(colour, shape) of a rule `alert_rule` writes; ValueError for any other."""
+    words = rule.lower().split()
+    if len(words) == 5 and words[0] == "a" and words[2] == "object" and words[3:] == ["is", "visible"]:
+        if words[1] in COLOURS:
+            return words[1], None
+    if len(words) == 4 and words[0] == "a" and words[2:] == ["is", "visible"] and words[1] in SHAPES:
+        return None, words[1]
+    if len(words) == 5 and words[0] == "a" and words[3:] == ["is", "visible"]:
+        if words[1] in COLOURS and words[2] in SHAPES:
+            return words[1], words[2]
+    raise ValueError(f"the synthetic scenes can check 'a COLOUR object is visible', 'a SHAPE is visible' or "
+                     f"'a COLOUR SHAPE is visible' (colours {', '.join(COLOURS)}; shapes {', '.join(SHAPES)}); "
+                     f"got {rule!r}")
+
+
+def rule_holds(scene: SyntheticScene, index: int, colour: str | None, shape: str | None) -> bool:
+    return any((colour is None or o.colour == colour) and (shape is None or o.shape == shape)
+               for o in scene.visible(index))
+
+
+def ask_alert(scene: SyntheticScene, index: int, rng: np.random.Generator) -> Question:
+    """An alert rule's check at frame `index`: by colour, by shape or by both, drawn half the
+    time from what is on screen, so that yes and no both come often."""
+    visible = scene.visible(index)
+    if visible and rng.random() < 0.5:
+        obj = visible[int(rng.integers(len(visible)))]
+        colour, shape = obj.colour, obj.shape
+    else:
+        colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+    form = int(rng.integers(3))
+    colour, shape = (colour, None) if form == 0 else (None, shape) if form == 1 else (colour, shape)
+    answer = "yes" if rule_holds(scene, index, colour, shape) else "no"
+    return Question("alert", ALERT_QUESTION.format(rule=alert_rule(colour, shape)), answer, index)
+
+
 def ask_attribute_at(scene: SyntheticScene, index: int, rng: np.random.Generator, horizon: int) -> Question | None:
     # The frame before the appearance must be in range too: "appeared" is a difference.
     recent = [o for o in scene.objects if index - horizon + 1 < o.appear <= index]
@@ -129,6 +176,8 @@ def short_range(scene: SyntheticScene, index: int, kind: str, rng: np.random.Gen
         return ask_count_since(scene, index, rng, horizon)
     if kind == "left_when":
         return ask_left_when(scene, index, rng, horizon)
+    if kind == "alert":
+        return ask_alert(scene, index, rng)
     raise ValueError(f"unknown short-range kind {kind!r}; known: {SHORT_RANGE}")
 
 

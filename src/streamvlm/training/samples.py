@@ -20,7 +20,8 @@ from streamvlm.synth.scene import SyntheticScene
 
 # Counting and leaving need the most examples (they compare frames); finding when an
 # object appeared is the needle skill.
-KIND_WEIGHTS = {"now": 1.0, "attribute_at": 1.0, "count_since": 2.0, "left_when": 2.0, "appeared_when": 1.0}
+KIND_WEIGHTS = {"now": 1.0, "attribute_at": 1.0, "count_since": 2.0, "left_when": 2.0, "appeared_when": 1.0,
+                "alert": 1.0}
 HORIZON = 8  # short-range questions look back this many frames (the eval config's window holds 12)
 CELLS = 16  # tokens per frame
 RECALLED = 16  # frames retrieval brings back at most (language.memory.top_k's default)

@@ -473,7 +473,7 @@ def train(settings: TrainSettings, out: Path, say=print, checkpoints: Checkpoint
 
 def _frames_needed(question) -> range | None:
     """The frames a short-range question's answer depends on (None: a needle's, or unknown)."""
-    if question.kind == "now":
+    if question.kind in ("now", "alert"):
         return range(question.frame, question.frame + 1)
     if question.kind == "attribute_at":
         return range(question.about - 1, question.about + 1)
