@@ -466,6 +466,10 @@ def train(settings: TrainSettings, out: Path, say=print, checkpoints: Checkpoint
               "bytes": out.stat().st_size, "data_sha256": trainer.data_sha256,
               "seconds": round(checkpoints.seconds, 1), "finished": datetime.datetime.now().isoformat(timespec="seconds"),
               "vision": vision, "language": language, "settings": asdict(settings), "machine": machine()}
+    if settings.init:  # what it started from, so the chain of trainings stays on record
+        start = Path(settings.init)
+        report["init"] = {"weights": start.name, "sha256": hashlib.sha256(start.read_bytes()).hexdigest(),
+                          "manifest": json.loads(manifest(start).read_text()) if manifest(start).exists() else None}
     # The manifest beside the weights: how to make the same bytes again, and what they score.
     manifest(out).write_text(json.dumps(report, indent=1) + "\n")
     return report
