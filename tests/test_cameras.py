@@ -155,3 +155,14 @@ def test_replay_of_a_two_camera_bag_answers_with_evidence_from_both(tiny_model, 
     alerts = [json.loads(line) for line in out.stdout.splitlines() if '"alert"' in line]
     assert [a["rule"] for a in alerts] == ["something moved"]  # threshold 0: holds from the first check
     assert (tmp_path / "debug-front.mp4").stat().st_size > 0 and (tmp_path / "debug-side.mp4").stat().st_size > 0
+
+
+def test_synth_writes_a_stream_of_several_cameras(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "streamvlm.cli", "synth", "--out", str(tmp_path / "s.mcap"),
+                          "--minutes", "0.1", "--cameras", "front", "left"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    frames = BagFrames(tmp_path / "s.mcap", ["/front/image_raw/compressed", "/left/image_raw/compressed"])
+    read = [(f.camera, f.stamp_ns) for f in frames]
+    assert [c for c, _ in read] == ["front", "left"] * 6 and read[1][1] - read[0][1] == 10_000_000
+    truth = json.loads((tmp_path / "s.questions.json").read_text())
+    assert set(truth["cameras"]) == {"front", "left"} and truth["cameras"]["left"]["seed"] == 1

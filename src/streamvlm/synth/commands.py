@@ -17,6 +17,9 @@ def add_parsers(commands) -> None:
     synth.add_argument("--fps", type=float, default=1.0, help="frames per second")
     synth.add_argument("--topic", default="/camera/image_raw/compressed")
     synth.add_argument("--raw", action="store_true", help="sensor_msgs/Image instead of JPEG CompressedImage")
+    synth.add_argument("--cameras", nargs="+", metavar="NAME",
+                       help="several cameras, each its own scene (seed, seed+1, ...) on /NAME/image_raw/compressed, "
+                            "frames 10 ms apart between cameras; the questions are about the first")
     synth.set_defaults(run=run)
 
 
@@ -30,20 +33,29 @@ def run(args) -> int:
     if args.out.exists():
         raise ValueError(f"{args.out} exists; choose a new path")
     frames = max(1, round(args.minutes * 60 * args.fps))
-    scene = evaluation_scene(args.seed, frames, fps=args.fps)
-    topic = args.topic.removesuffix("/compressed") if args.raw else args.topic
+    names = args.cameras or [""]
+    topics = [f"/{name}/image_raw/compressed" if name else args.topic for name in names]
+    topics = [t.removesuffix("/compressed") if args.raw else t for t in topics]
+    scenes = [evaluation_scene(args.seed + k, frames, fps=args.fps) for k in range(len(names))]
     with BagWriter(args.out) as bag:
-        for frame in tqdm(scene, total=frames, desc="synth", unit="frame", leave=False):
-            if args.raw:
-                bag.write_image(topic, frame.stamp_ns, frame.rgb)
-            else:
-                bag.write_compressed(topic, frame.stamp_ns, frame.rgb)
+        for index in tqdm(range(frames), total=frames, desc="synth", unit="frame", leave=False):
+            for k, (scene, topic) in enumerate(zip(scenes, topics)):
+                stamp = scene.stamp_ns(index) + k * 10_000_000  # cameras are not in step
+                if args.raw:
+                    bag.write_image(topic, stamp, scene.frame(index))
+                else:
+                    bag.write_compressed(topic, stamp, scene.frame(index))
+    scene, topic = scenes[0], topics[0]
     truth = {
         "seed": args.seed, "frames": frames, "fps": args.fps, "topic": topic,
         "objects": [asdict(o) for o in scene.objects],
         "questions": [asdict(q) for q in stream_questions(scene, args.seed)],
     }
+    if args.cameras:
+        truth["cameras"] = {name: {"topic": t, "seed": s.seed, "objects": [asdict(o) for o in s.objects]}
+                            for name, t, s in zip(names, topics, scenes)}
     sidecar = args.out.with_name(args.out.name.removesuffix(".mcap") + ".questions.json")
     sidecar.write_text(json.dumps(truth, indent=1) + "\n")
-    print(f"wrote {args.out} ({frames} frames, {len(scene.objects)} objects) and {sidecar}")
+    print(f"wrote {args.out} ({frames} frames, {len(scene.objects)} objects"
+          + (f", cameras {', '.join(names)}" if args.cameras else "") + f") and {sidecar}")
     return 0
