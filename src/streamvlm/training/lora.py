@@ -52,3 +52,17 @@ def lora_state(layers, targets: tuple[str, ...]) -> dict[str, torch.Tensor]:
             scale = adapter.scale
     state["lora.scale"] = torch.tensor(scale)
     return state
+
+
+@torch.no_grad()
+def load_lora(layers, targets: tuple[str, ...], state: dict[str, torch.Tensor]) -> None:
+    """Put `lora_state`'s adapters back into the adapters `add_lora` made (the same rank and
+    alpha: another scale would change what they compute)."""
+    for index, layer in enumerate(layers):
+        for name in targets:
+            adapter = getattr(*adapted_linear(layer, name))
+            if abs(float(state["lora.scale"]) - adapter.scale) > 1e-6:
+                raise ValueError(f"the adapters were trained with LoRA scale {float(state['lora.scale'])}, "
+                                 f"these settings give {adapter.scale}: use their rank and alpha")
+            adapter.A.copy_(state[f"lora.{index}.{name}.A"])
+            adapter.B.copy_(state[f"lora.{index}.{name}.B"])

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from streamvlm.machine import machine
-from streamvlm.models.eval_model import (FRAME_MARKER, LORA_TARGETS, VISION, adapted_linear, build, load_trained,
+from streamvlm.models.eval_model import (FRAME_MARKER, LORA_TARGETS, VISION, build, load_trained,
                                          trainable_state)
 from streamvlm.models.llava_onevision import PixelSpec
 from streamvlm.models.prompt import PromptFormat
 from streamvlm.synth import COLOURS, SHAPES, evaluation_scene
 from streamvlm.training.checkpoint import Checkpoints, module_states, restore_modules
-from streamvlm.training.lora import add_lora, lora_state
+from streamvlm.training.lora import add_lora, load_lora, lora_state
 from streamvlm.training.samples import CELLS, HORIZON, ContextMaker, FrameRef, pack
 
 VISION_SEEDS = 10_000  # scenes for stage 1 start at this seed, stage 2 at TRAIN_SEEDS, held-out at HELD_OUT
@@ -283,7 +283,8 @@ class Trainer:
         s = self.s
         layers = self.inner.language_model.layers
         adapters = add_lora(layers, LORA_TARGETS, s.rank, s.alpha, s.seed)
-        self._continue_lora(adapters)
+        if getattr(self, "_init_lora", None):  # --init: go on from its adapters
+            load_lora(layers, LORA_TARGETS, self._init_lora)
         lora = [p for a in adapters for p in (a.A, a.B)]
         projector = list(self.inner.multi_modal_projector.parameters())
         for p in lora + projector + [self.inner.image_newline]:
@@ -342,20 +343,6 @@ class Trainer:
             p.requires_grad_(False)
         return {"loss_last_100": round(float(np.nanmean(losses[-100:])), 5) if losses else None, "steps": s.steps,
                 "held_out": self.held_out()}
-
-    @torch.no_grad()
-    def _continue_lora(self, adapters) -> None:
-        init = getattr(self, "_init_lora", None)
-        if not init:
-            return
-        if abs(float(init["lora.scale"]) - adapters[0].scale) > 1e-6:
-            raise ValueError(f"--init was trained with LoRA scale {float(init['lora.scale'])}, "
-                             f"these settings give {adapters[0].scale}: use its rank and alpha")
-        for index, layer in enumerate(self.inner.language_model.layers):
-            for name in LORA_TARGETS:
-                adapter = getattr(*adapted_linear(layer, name))
-                adapter.A.copy_(init[f"lora.{index}.{name}.A"])
-                adapter.B.copy_(init[f"lora.{index}.{name}.B"])
 
     @torch.no_grad()
     def _restore_language(self, state: dict, adapters) -> None:
