@@ -16,8 +16,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from streamvlm_msgs.msg import Answer, Caption
-from streamvlm_msgs.srv import Ask
+from streamvlm_msgs.msg import Alert, Answer, Caption
+from streamvlm_msgs.srv import Ask, EditAlerts
 
 RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -62,8 +62,11 @@ class Probe:
         self.levels: dict[str, tuple[bytes, str]] = {}
         self.node.create_subscription(Caption, "captions", self.captions.append, RELIABLE)
         self.node.create_subscription(Answer, "answers", self.answers.append, RELIABLE)
+        self.alerts: list[Alert] = []
+        self.node.create_subscription(Alert, "alerts", self.alerts.append, RELIABLE)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE)
         self.ask_client = self.node.create_client(Ask, "ask")
+        self.edit_alerts_client = self.node.create_client(EditAlerts, "edit_alerts")
         self._parameter_clients: dict = {}
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
         self.executor.add_node(self.node)
@@ -80,12 +83,12 @@ class Probe:
         return float(values.get(key, "nan")) if key in values else float("nan")
 
     def ask(self, question: str, timeout_s: float = 120.0, max_new_tokens: int = 0) -> Ask.Response:
-        assert self.ask_client.wait_for_service(timeout_sec=timeout_s), "no ask service"
-        done = threading.Event()
-        future = self.ask_client.call_async(Ask.Request(question=question, max_new_tokens=max_new_tokens))
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(timeout_s), f"no response to {question!r} within {timeout_s} s"
-        return future.result()
+        return _call(self.ask_client, Ask.Request(question=question, max_new_tokens=max_new_tokens), timeout_s,
+                     f"a response to {question!r}")
+
+    def edit_alerts(self, add=(), remove=(), timeout_s: float = 60.0) -> EditAlerts.Response:
+        return _call(self.edit_alerts_client, EditAlerts.Request(add=list(add), remove=list(remove)), timeout_s,
+                     "a response from edit_alerts")
 
     def set_parameters(self, node_name: str, values: dict, timeout_s: float = 30.0) -> list:
         """Set parameters of another node through its parameter service, as `ros2 param set`
@@ -96,14 +99,9 @@ class Probe:
         if client is None:
             client = self._parameter_clients[node_name] = self.node.create_client(
                 SetParameters, f"/{node_name}/set_parameters")
-        assert client.wait_for_service(timeout_sec=timeout_s), f"no parameter service on {node_name}"
         request = SetParameters.Request(
             parameters=[Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
-        done = threading.Event()
-        future = client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(timeout_s), f"no response from {node_name}/set_parameters within {timeout_s} s"
-        return list(future.result().results)
+        return list(_call(client, request, timeout_s, f"a response from {node_name}/set_parameters").results)
 
     def publisher(self, msg_type, topic: str, qos=RELIABLE):
         return self.node.create_publisher(msg_type, topic, qos)
@@ -158,3 +156,13 @@ def stop_node(process: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait()
+
+
+def _call(client, request, timeout_s: float, what: str):
+    """A service's response, waited for here while the probe's executor delivers it."""
+    assert client.wait_for_service(timeout_sec=timeout_s), f"no {client.srv_name} service"
+    done = threading.Event()
+    future = client.call_async(request)
+    future.add_done_callback(lambda _: done.set())
+    assert done.wait(timeout_s), f"no {what} within {timeout_s} s"
+    return future.result()

@@ -213,14 +213,18 @@ def test_a_sweep_runs_its_base_mode_once_per_value():
 
 def test_alerts_scores_checks_against_the_scenes_truth():
     """Threshold 0: every check says yes, so check recall is 1 and check precision is the
-    base rate; each rule fires once (its first check), right only if it held then. The
+    base rate; each rule fires once (its first check), right only if it held then. At
+    threshold 1 nothing fires (a random model is never sure), scored from the same checks. The
     scheduled mode checks less often than every frame."""
     args = ("alerts", "--model", "tiny", "--config", str(ROOT / "config" / "live.yaml"), "--streams", "1",
-            "--minutes", "0.5", "--threshold", "0.0")
-    out = _bench(*args)
-    every, scheduled = out["modes"]["every_frame"], out["modes"]["scheduled"]
+            "--minutes", "0.5")
+    out = _bench(*args, "--threshold", "0.0", "1.0")
+    rows = {(row["mode"], row["threshold"]): row for row in out["rows"]}
+    every, scheduled = rows["every_frame", 0.0], rows["scheduled", 0.0]
     assert every["checks"] == 30 * 3 and scheduled["checks"] < every["checks"]
     assert every["check_recall"] == 1.0 and every["check_precision"] == every["base_rate"]
     assert every["alerts"] == 3 and every["onsets"] >= 1
+    never = rows["every_frame", 1.0]
+    assert never["checks"] == every["checks"] and never["alerts"] == 0 and never["check_recall"] == 0.0
     with pytest.raises(AssertionError, match="can check"):
         _bench(*args, "--rule", "a person is visible")

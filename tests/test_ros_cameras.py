@@ -122,11 +122,7 @@ def test_an_alert_rule_added_by_service_fires_on_alerts_and_bad_rules_are_refuse
     """The tiny model cannot judge a rule, so threshold 0 makes every check hold: what is
     tested is the flow (service, parameter, checks on novelty, the rising edge, the message,
     the counts), not the judgement (`bench alerts` measures that with the evaluation model)."""
-    import threading
-
     from sensor_msgs.msg import Image
-    from streamvlm_msgs.msg import Alert
-    from streamvlm_msgs.srv import EditAlerts
 
     from streamvlm.ros.live import compose
 
@@ -137,18 +133,7 @@ def test_an_alert_rule_added_by_service_fires_on_alerts_and_bad_rules_are_refuse
     llm, _ = running.nodes
     probe = Probe("alerts_probe")
     request.addfinalizer(probe.close)
-    received: list = []
-    probe.node.create_subscription(Alert, "alerts", received.append, 10)
-    client = probe.node.create_client(EditAlerts, "edit_alerts")
-    assert client.wait_for_service(timeout_sec=30)
-
-    def edit(add=(), remove=()) -> EditAlerts.Response:
-        done = threading.Event()
-        future = client.call_async(EditAlerts.Request(add=list(add), remove=list(remove)))
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(30), "no response from edit_alerts"
-        return future.result()
-
+    received, edit = probe.alerts, probe.edit_alerts
     for bad, reason in [([""], "empty"), (["x" * 300], "limit"), ([f"rule {i}" for i in range(40)], "at most")]:
         response = edit(add=bad)
         assert not response.success and reason in response.error and list(response.rules) == []

@@ -119,7 +119,9 @@ def _alerts(p) -> None:
     p.add_argument("--rule", action="append", metavar="RULE",
                    help="'a COLOUR object is visible', 'a SHAPE is visible' or 'a COLOUR SHAPE is visible' "
                         "(repeatable; default: one of each)")
-    p.add_argument("--threshold", type=float, default=0.5, help="language.alerts.threshold")
+    p.add_argument("--threshold", type=float, nargs="+", metavar="P",
+                   help="language.alerts.threshold values to score, all from one run (default: the config's, "
+                        "0.3, 0.5, 0.7, 0.9)")
     p.add_argument("--within", type=float, default=3.0, metavar="SECONDS",
                    help="an onset counts as found when its rule fires this soon after it")
 

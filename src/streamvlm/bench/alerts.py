@@ -10,6 +10,10 @@ over the same streams:
   gets: alerts on rising edges, scored against the truth's onsets. An alert is right when
   its rule holds at the frame it fired on; an onset is found when its rule fires while the
   condition lasts, within `--within` seconds of the onset.
+
+Thresholds cost nothing to compare: which checks run does not depend on the threshold, so
+each mode runs once and every threshold's checks and alerts (the checks' rising edges, as
+`AlertChecker` fires them) are scored from the same probabilities.
 """
 
 from __future__ import annotations
@@ -26,41 +30,69 @@ from streamvlm.synth.scene import evaluation_scene
 from streamvlm.vision.stage import VisionStage
 
 RULES = (alert_rule("red", None), alert_rule(None, "triangle"), alert_rule("blue", "ellipse"))
+SWEPT = (0.3, 0.5, 0.7, 0.9)  # thresholds scored beside the configured one
 
 
 def run(args) -> dict:
     rules = tuple(args.rule or RULES)
     conditions = {rule: parse_rule(rule) for rule in rules}
-    base = load(args.config).replace(model={"name": args.model, "fallback_to_tiny": False},
-                                     language={"caption_interval_s": 0.0, "alerts.rules": list(rules),
-                                               "alerts.threshold": args.threshold})
+    base = load(args.config)
+    # The stream runs at the first threshold; the others are read off the same checks.
+    thresholds = list(dict.fromkeys(args.threshold or (base.language.alerts.threshold, *SWEPT)))
+    base = base.replace(model={"name": args.model, "fallback_to_tiny": False},
+                        language={"caption_interval_s": 0.0, "alerts.rules": list(rules),
+                                  "alerts.threshold": thresholds[0]})
     modes = {"every_frame": base.replace(language={"alerts.interval_s": 0.0, "alerts.novelty": 0.0}),
              "scheduled": base}
     model = load_shared(base.model)
     frames = round(args.minutes * 60 * args.fps)
     scenes = [evaluation_scene(args.seed + k, frames, fps=args.fps) for k in range(args.streams)]
     result = {"rules": list(rules), "streams": len(scenes), "minutes": args.minutes, "fps": args.fps,
-              "model": args.model, "threshold": args.threshold, "modes": {}}
+              "model": args.model, "thresholds": thresholds, "rows": []}
+    within = round(args.within * args.fps)
     for mode, cfg in modes.items():
         start = time.perf_counter()
-        checks, alerts, onsets = [], [], []
+        streams = []  # (truth by rule, checks in order)
         for scene in scenes:
             truth = {rule: [rule_holds(scene, i, *conditions[rule]) for i in range(frames)] for rule in rules}
-            c, a = _stream(cfg, model, scene, f"{mode} seed {scene.seed}")
-            checks += [(p >= args.threshold, truth[rule][i]) for i, rule, p in c]
-            alerts += [truth[rule][i] for i, rule in a]
-            fired = {(i, rule) for i, rule in a}
-            onsets += [_found(fired, rule, onset, truth[rule], round(args.within * args.fps))
-                       for rule in rules for onset in _onsets(truth[rule])]
-        result["modes"][mode] = {**_scores(checks), "alerts": len(alerts), "alert_precision": _mean(alerts),
-                                 "alert_precision_interval": wilson(alerts), "onsets": len(onsets),
-                                 "onset_recall": _mean(onsets), "onset_recall_interval": wilson(onsets),
-                                 "seconds": round(time.perf_counter() - start, 1)}
+            checks, fired = _stream(cfg, model, scene, f"{mode} seed {scene.seed}")
+            # The checker fired exactly where its rising edges at this threshold are, so the
+            # other thresholds' alerts can be read off the same checks.
+            assert fired == rising_edges(checks, thresholds[0]), "alerts differ from the checks' rising edges"
+            streams.append((truth, checks))
+        seconds = round(time.perf_counter() - start, 1)
+        result["rows"] += [{"mode": mode, "threshold": t, **_scored(streams, t, within), "seconds": seconds}
+                           for t in sorted(thresholds)]
     return result
 
 
+def rising_edges(checks: list[tuple[int, str, float]], threshold: float) -> list[tuple[int, str]]:
+    """(frame, rule) of each check at which its rule started to hold, as `AlertChecker` fires."""
+    holds, edges = {}, []
+    for index, rule, probability in checks:
+        now = probability >= threshold
+        if now and not holds.get(rule, False):
+            edges.append((index, rule))
+        holds[rule] = now
+    return edges
+
+
+def _scored(streams, threshold: float, within: int) -> dict:
+    checks, alerts, onsets = [], [], []
+    for truth, stream_checks in streams:
+        checks += [(p >= threshold, truth[rule][i]) for i, rule, p in stream_checks]
+        fired = rising_edges(stream_checks, threshold)
+        alerts += [truth[rule][i] for i, rule in fired]
+        onsets += [_found(set(fired), rule, onset, truth[rule], within)
+                   for rule in truth for onset in _onsets(truth[rule])]
+    return {**_scores(checks), "alerts": len(alerts), "alert_precision": _mean(alerts),
+            "alert_precision_interval": wilson(alerts), "onsets": len(onsets), "onset_recall": _mean(onsets),
+            "onset_recall_interval": wilson(onsets)}
+
+
 def _stream(cfg, model, scene, label: str):
-    """Every check (frame, rule, probability of yes) and every alert (frame, rule) of one stream."""
+    """Every check (frame, rule, probability of yes), in order, and every alert (frame, rule)
+    of one stream."""
     vision, language = VisionStage(cfg, model), LanguageStage(cfg, model)
     checks, alerts = [], []
     bar = progress(scene.frames, label)
@@ -107,17 +139,17 @@ def _mean(values) -> float | None:
 
 def markdown(result: dict) -> str:
     lines = [f"alert rules: {', '.join(result['rules'])} ({result['streams']} streams of {result['minutes']} min, "
-             f"model {result['model']}, threshold {result['threshold']})", "",
-             "| mode | checks | check precision | check recall | check accuracy | base rate | alerts | "
-             "alert precision | onsets | onset recall | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for mode, row in result["modes"].items():
+             f"model {result['model']})", "",
+             "| mode | threshold | checks | check precision | check recall | check accuracy | base rate | alerts | "
+             "alert precision | onsets | onset recall | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
         def cell(key):
             value, interval = row[key], row.get(f"{key}_interval")
             if value is None:
                 return "-"
             return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.2f}"
 
-        lines.append(f"| {mode} | {row['checks']} | {cell('check_precision')} | {cell('check_recall')} | "
-                     f"{cell('check_accuracy')} | {cell('base_rate')} | {row['alerts']} | {cell('alert_precision')} | "
-                     f"{row['onsets']} | {cell('onset_recall')} | {row['seconds']} |")
+        lines.append(f"| {row['mode']} | {row['threshold']} | {row['checks']} | {cell('check_precision')} | "
+                     f"{cell('check_recall')} | {cell('check_accuracy')} | {cell('base_rate')} | {row['alerts']} | "
+                     f"{cell('alert_precision')} | {row['onsets']} | {cell('onset_recall')} | {row['seconds']} |")
     return "\n".join(lines)
