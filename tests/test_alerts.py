@@ -89,7 +89,7 @@ def test_rules_fire_when_they_start_to_hold_at_most_every_interval_and_only_on_c
     assert alert.evidence_cameras == ["front"] and "0:02" in alert.text and "front" in alert.text
     # A rule taken away is forgotten; one added starts from "does not hold".
     checker.settings = AlertSettings(rules=("a car is visible",), interval_s=0.0, novelty=0.0)
-    stage.script["a car is visible"] = [0.6]
+    stage.script["a car is visible"] = [0.75]
     assert [a.rule for a in checker.after_frame(stage, _batch(13))] == ["a car is visible"]
     assert checker.status() == {"alert rules": 1, "alert checks": 6, "alerts fired": 3}
 
@@ -111,3 +111,17 @@ def test_the_pipeline_reports_alerts_as_they_fire(tiny_model, frames):
         vlm.push(frames[second], second * S)
     assert len(fired) == 1 and fired[0].stamp_ns == 0  # threshold 0: holds from the first check on
     assert vlm.language.alerts.checks == 3
+
+
+def test_an_alert_counts_stream_time_from_a_first_stamp_of_zero(tiny_model, frames, capsys):
+    """Simulated clocks and generated bags start at stamp 0: a first stamp that is zero is
+    still the stream's start, in the alert's text and in replay's report."""
+    from streamvlm.cli import _Reporter
+    from streamvlm.types import Alert
+
+    vlm = StreamingVLM(_cfg(), tiny_model)
+    for second in range(3):
+        vlm.push(frames[second], second * S)
+    assert vlm.language.stream_seconds(2 * S) == 2.0
+    _Reporter(as_json=False, out=None).alert(Alert("a rule", "", 2 * S, 0.9, "a rule (0:02, p=0.90)"), 0)
+    assert "[    2.00s] alert" in capsys.readouterr().out

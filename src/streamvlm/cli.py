@@ -310,7 +310,7 @@ class _Reporter:
             self.bag.write_answer("/answers", answer)
 
     def alert(self, alert, origin_ns: int | None) -> None:
-        stamp = (alert.stamp_ns - (origin_ns or alert.stamp_ns)) / 1e9
+        stamp = (alert.stamp_ns - (alert.stamp_ns if origin_ns is None else origin_ns)) / 1e9
         self._emit({"type": "alert", "stamp": round(stamp, 3), "rule": alert.rule, "camera": alert.camera,
                     "probability": round(alert.probability, 3)}, f"[{stamp:8.2f}s] alert: {alert.text}")
         if self.bag:

@@ -240,7 +240,9 @@ class LanguageStage:
 
     def stream_seconds(self, stamp_ns: int) -> float:
         """Seconds from the stream's first frame, as the time markers count them."""
-        return max(0, stamp_ns - (self._first_ns or stamp_ns)) / 1e9
+        # `is None`, not `or`: simulated clocks and generated bags start at stamp 0.
+        first = stamp_ns if self._first_ns is None else self._first_ns
+        return max(0, stamp_ns - first) / 1e9
 
     def maybe_caption(self) -> Caption | None:
         """A caption when `caption_interval_s` of stream has passed since the last one."""
