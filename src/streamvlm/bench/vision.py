@@ -123,7 +123,7 @@ def _tower(name: str, dtype: torch.dtype, device: str):
         return model.tower, model.preprocess
     from streamvlm.vision.towers import random_siglip, siglip_pixels
 
-    return random_siglip(size, dtype, device=device), lambda frame: siglip_pixels(frame, dtype).to(device)
+    return random_siglip(name, dtype, device=device), lambda frame: siglip_pixels(frame, dtype).to(device)
 
 
 def _frames(spec, count: int) -> list[np.ndarray]:
