@@ -35,8 +35,8 @@ class AlertSettings:
     novelty: float = setting(0.05, "check only when a frame since the last check changed at least this share of "
                              "its tokens (0: at every interval)", range=(0.0, 1.0))
     # 0.7, measured (`streamvlm bench alerts`, the evaluation model, 4 streams): alert
-    # precision 0.76 against 0.65 at 0.5 with the same onsets found (0.84); 0.9 fires more
-    # often again, on a yes that flickers while the condition lasts.
+    # precision 0.73 against 0.54 at 0.5 with the same onsets found (0.84; README, Alerts);
+    # 0.9 fires more often again, on a yes that flickers while the condition lasts.
     threshold: float = setting(0.7, "a rule holds when the model's probability of yes (yes against no) reaches this",
                                range=(0.0, 1.0))
 
