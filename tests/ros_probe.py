@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
 from streamvlm_msgs.msg import Alert, Answer, Caption
 from streamvlm_msgs.srv import Ask, EditAlerts
 
@@ -30,6 +31,14 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def rgb_image(frame, sec: int, nanosec: int = 0) -> Image:
+    """A raw camera message of an HxWx3 uint8 RGB frame, stamped sec.nanosec."""
+    msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
+                data=frame.tobytes())
+    msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+    return msg
 
 
 def publish_until(publisher, make_msg: Callable[[int], object], condition: Callable[[], object],

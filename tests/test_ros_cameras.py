@@ -17,7 +17,7 @@ pytestmark = pytest.mark.ros
 pytest.importorskip("rclpy", reason="rclpy is not installed (make setup)")
 pytest.importorskip("streamvlm_msgs.srv", reason="streamvlm_msgs is not built (make setup)")
 
-from ros_probe import Probe, Running, publish_until, start_node, stop_node, wait_for  # noqa: E402
+from ros_probe import Probe, Running, publish_until, rgb_image, start_node, stop_node, wait_for  # noqa: E402
 from streamvlm.bag import BagWriter  # noqa: E402
 
 S = 1_000_000_000
@@ -98,12 +98,7 @@ def test_two_cameras_in_the_composed_layout_answer_with_evidence_from_both(reque
     cameras = {name: probe.publisher(Image, f"{name}/image") for name in ("front", "left")}
 
     def image(second: int, camera: int) -> Image:
-        frame = _scene(second, camera)
-        msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
-                    data=frame.tobytes())
-        msg.header.stamp.sec = START_S + second
-        msg.header.stamp.nanosec = camera * 1000
-        return msg
+        return rgb_image(_scene(second, camera), START_S + second, camera * 1000)
 
     for second in range(3):
         for camera, (name, publisher) in enumerate(cameras.items()):
@@ -144,10 +139,7 @@ def test_an_alert_rule_added_by_service_fires_on_alerts_and_bad_rules_are_refuse
     cameras = {name: probe.publisher(Image, f"{name}/image") for name in ("front", "left")}
     for second in range(3):
         for camera, (name, publisher) in enumerate(cameras.items()):
-            frame = _scene(second, camera)
-            msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
-                        data=frame.tobytes())
-            msg.header.stamp.sec, msg.header.stamp.nanosec = START_S + second, camera * 1000
+            msg = rgb_image(_scene(second, camera), START_S + second, camera * 1000)
             ingested = llm.worker.ingested
             publish_until(publisher, lambda attempt: msg, lambda: llm.worker.ingested > ingested, 60,
                           f"{name}'s frame {second} in the context")

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.ros,
 pytest.importorskip("rclpy", reason="rclpy is not installed (make setup)")
 pytest.importorskip("streamvlm_msgs.srv", reason="streamvlm_msgs is not built (make setup)")
 
-from ros_probe import Probe, Running, publish_until, wait_for  # noqa: E402
+from ros_probe import Probe, Running, publish_until, rgb_image, wait_for  # noqa: E402
 
 # A still camera's scene (even seed) in which something red comes on screen after a while.
 SEED, FRAMES, COLOUR = 0, 30, "red"
@@ -51,10 +51,7 @@ def test_an_alert_rule_added_by_service_fires_when_its_condition_appears(request
 
     camera = probe.publisher(Image, "image")
     for index in range(onset + 3):
-        frame = scene.frame(index)
-        msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
-                    data=frame.tobytes())
-        msg.header.stamp.sec = START_S + index
+        msg = rgb_image(scene.frame(index), START_S + index)
         ingested = llm.worker.ingested
         publish_until(camera, lambda attempt: msg, lambda: llm.worker.ingested > ingested, 120,
                       f"frame {index} in the context")

@@ -17,7 +17,7 @@ pytest.importorskip("streamvlm_msgs.srv", reason="streamvlm_msgs is not built (m
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
-from ros_probe import Probe, Running, publish_until, wait_for  # noqa: E402
+from ros_probe import Probe, Running, publish_until, rgb_image, wait_for  # noqa: E402
 from streamvlm.bag import BagFrames  # noqa: E402
 from streamvlm.image import encode_compressed  # noqa: E402
 from streamvlm.ros.encoder_node import EncoderNode  # noqa: E402
@@ -42,11 +42,9 @@ def _running(request, make_nodes, **overrides) -> Running:
 
 
 def _raw(frame: np.ndarray, stamp_s: int, **fields) -> Image:
-    msg = Image(height=frame.shape[0], width=frame.shape[1], encoding="rgb8", step=frame.shape[1] * 3,
-                data=frame.tobytes())
+    msg = rgb_image(frame, stamp_s)
     for key, value in fields.items():
         setattr(msg, key, value)
-    msg.header.stamp.sec = stamp_s
     return msg
 
 

@@ -309,8 +309,8 @@ class _Reporter:
         if self.bag:
             self.bag.write_answer("/answers", answer)
 
-    def alert(self, alert, origin_ns: int | None) -> None:
-        stamp = (alert.stamp_ns - (alert.stamp_ns if origin_ns is None else origin_ns)) / 1e9
+    def alert(self, alert, origin_ns: int) -> None:
+        stamp = (alert.stamp_ns - origin_ns) / 1e9  # an alert follows a frame: the origin is set
         self._emit({"type": "alert", "stamp": round(stamp, 3), "rule": alert.rule, "camera": alert.camera,
                     "probability": round(alert.probability, 3)}, f"[{stamp:8.2f}s] alert: {alert.text}")
         if self.bag:

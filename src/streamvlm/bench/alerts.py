@@ -83,7 +83,8 @@ def _scored(streams, threshold: float, within: int) -> dict:
         checks += [(p >= threshold, truth[rule][i]) for i, rule, p in stream_checks]
         fired = rising_edges(stream_checks, threshold)
         alerts += [truth[rule][i] for i, rule in fired]
-        onsets += [_found(set(fired), rule, onset, truth[rule], within)
+        fired_at = set(fired)
+        onsets += [_found(fired_at, rule, onset, truth[rule], within)
                    for rule in truth for onset in _onsets(truth[rule])]
     return {**_scores(checks), "alerts": len(alerts), "alert_precision": _mean(alerts),
             "alert_precision_interval": wilson(alerts), "onsets": len(onsets), "onset_recall": _mean(onsets),
